@@ -1,0 +1,254 @@
+"""The recipe: every knob of a run, typed and validated.
+
+A recipe is built in three layers, later ones winning:
+  1. a preset, `configs/recipes/<preset>.yaml` (smoke, demo, full)
+  2. an optional user YAML file (`--config FILE`)
+  3. `--set a.b=c` overrides (values parsed as YAML, so `--set train.epochs=2` is an int)
+
+An unknown key or a value out of range raises ConfigError naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sdk.errors import ConfigError
+from sdk.paths import data_dir
+
+PRESETS = ("smoke", "demo", "full")
+ROLES = ("teacher", "student", "referee", "generator")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class GenerationSettings(_Strict):
+    max_new_tokens: int = Field(96, ge=1, le=8192, description="tokens generated per answer")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
+    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0, description="local models only")
+    batch_size: int = Field(8, ge=1, le=1024, description="prompts per forward pass (local) or concurrent requests (openai)")
+
+
+class ModelSpec(_Strict):
+    """One model role. `provider` decides which other fields matter."""
+
+    provider: Literal["embedded", "hf", "pruned", "openai"] = Field("embedded", description="where the model comes from")
+    name_or_path: Optional[str] = Field(None, description="hf: local folder or hub id")
+    gguf_file: Optional[str] = Field(None, description="hf: a GGUF file inside name_or_path to dequantise")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("float32", description="weights dtype for local models")
+    # pruned
+    base: Literal["teacher", "referee", "generator"] = Field("teacher", description="pruned: the role whose model is pruned")
+    keep_every: int = Field(3, ge=1, le=64, description="pruned: keep every k-th layer (0, k, 2k, ...)")
+    keep_layers: Optional[list[int]] = Field(None, description="pruned: explicit layer indices to keep (overrides keep_every)")
+    # openai-compatible endpoint
+    base_url: Optional[str] = Field(None, description="openai: e.g. http://localhost:8000/v1")
+    model: Optional[str] = Field(None, description="openai: the served model name")
+    api_key_env: Optional[str] = Field(None, description="openai: NAME of the env var holding the key (never the key)")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="openai: per-request timeout")
+    max_retries: int = Field(5, ge=0, le=50, description="openai: retries with backoff on 429/5xx/timeouts")
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+
+    @model_validator(mode="after")
+    def _provider_fields(self) -> "ModelSpec":
+        if self.provider == "hf" and not self.name_or_path:
+            raise ValueError("provider 'hf' needs name_or_path (a local folder or hub id)")
+        if self.provider == "openai" and not (self.base_url and self.model):
+            raise ValueError("provider 'openai' needs base_url and model")
+        if self.keep_layers is not None and (not self.keep_layers or min(self.keep_layers) < 0):
+            raise ValueError("keep_layers must be a non-empty list of layer indices >= 0")
+        return self
+
+
+def _default_student() -> ModelSpec:
+    return ModelSpec(provider="pruned", base="teacher", keep_every=3)
+
+
+class ModelsSettings(_Strict):
+    teacher: ModelSpec = Field(default_factory=ModelSpec)
+    student: ModelSpec = Field(default_factory=_default_student)
+    referee: ModelSpec = Field(default_factory=ModelSpec)
+    generator: ModelSpec = Field(default_factory=ModelSpec)
+
+    @model_validator(mode="after")
+    def _student_local(self) -> "ModelsSettings":
+        if self.student.provider == "openai":
+            raise ValueError("the student is trained locally: provider 'openai' is not allowed for models.student")
+        for role in ("teacher", "referee", "generator"):
+            if getattr(self, role).provider == "pruned" and getattr(self, role).base == role:
+                raise ValueError(f"models.{role} cannot be a pruned copy of itself")
+        return self
+
+
+class DataSettings(_Strict):
+    max_seeds: Optional[int] = Field(None, ge=1, description="cap on seed instructions used (null = all)")
+    max_eval: Optional[int] = Field(None, ge=1, description="cap on held-out eval prompts (null = all)")
+
+
+class LoraSettings(_Strict):
+    enabled: bool = False
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1, le=4096)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = Field("all-linear", description="peft target_modules")
+
+
+class TrainSettings(_Strict):
+    method: Literal["sft"] = Field("sft", description="training objective")
+    epochs: float = Field(3.0, gt=0, le=1000)
+    max_steps: int = Field(-1, ge=-1, description="-1 = derive from epochs")
+    learning_rate: float = Field(1e-4, gt=0, le=1.0)
+    batch_size: int = Field(4, ge=1, le=4096)
+    grad_accum: int = Field(1, ge=1, le=4096)
+    max_seq_length: int = Field(384, ge=16, le=131072)
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    save_steps: int = Field(20, ge=1, description="checkpoint interval, so a killed run resumes mid-training")
+    logging_steps: int = Field(5, ge=1)
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="auto = on when CUDA supports it")
+    deepspeed: Optional[str] = Field(None, description="path to a DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json)")
+    gradient_checkpointing: bool = False
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+
+class EvalSettings(_Strict):
+    max_new_tokens: int = Field(96, ge=1, le=8192, description="answer length for eval generations")
+    batch_size: int = Field(8, ge=1, le=1024)
+
+
+class Recipe(_Strict):
+    preset: str = Field("custom", description="the preset this recipe started from")
+    domain: Optional[str] = Field(None, description="domain pack name or alias")
+    pack_paths: list[str] = Field(default_factory=list, description="extra folders to discover packs in")
+    seed: int = Field(0, ge=0)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def preset_path(preset: str) -> Path:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}' (allowed: {', '.join(PRESETS)})")
+    return data_dir("configs") / "recipes" / f"{preset}.yaml"
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"recipe file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe file {path} must hold a mapping at the top level")
+    return data
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'train.epochs=2' -> (['train', 'epochs'], 2). The value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got '{item}'")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set has an empty key in '{item}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str] | dict | None) -> dict:
+    data = copy.deepcopy(data)
+    if not overrides:
+        return data
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
+    for key, value in items:
+        parts = key.split(".") if isinstance(key, str) else key
+        node = data
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """Field names allowed at the parent of `loc` (for 'unknown key' messages)."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return sorted(getattr(model, "model_fields", {}).keys())
+
+
+def format_validation_error(exc: ValidationError, source: str = "recipe") -> str:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc)
+            hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+            problems.append(f"unknown key '{key}'{hint}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            shown = "" if isinstance(got, (dict, list)) or got is None else f", got {got!r}"
+            problems.append(f"'{key}': {msg}{shown}")
+    return f"{source}: " + "; ".join(problems)
+
+
+def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_recipe(
+    preset: str | None = "demo",
+    config_file: str | Path | None = None,
+    overrides: list[str] | dict | None = None,
+) -> Recipe:
+    """Build a recipe from a preset, an optional YAML file and key=value overrides."""
+    data: dict = {}
+    if config_file is not None:
+        user = _read_yaml(Path(config_file))
+        preset = user.get("preset", preset)
+    if preset is not None:
+        data = _read_yaml(preset_path(preset))
+        data["preset"] = preset
+    if config_file is not None:
+        data = deep_merge(data, user)
+    data = apply_overrides(data, overrides)
+    source = f"recipe {config_file}" if config_file else f"recipe (preset {preset})"
+    return validate_recipe(data, source)

@@ -1,0 +1,38 @@
+"""Teacher labeling: the teacher answers the training pool.
+
+Finished answers are journaled chunk by chunk, so a killed run pays again only for unanswered rows.
+A row the teacher could not answer (error after retries, or an empty reply) stays in the artifact with
+`status: failed` and its reason; it is never dropped silently.
+"""
+
+from __future__ import annotations
+
+from sdk.evaluate.domain import answer_conversations, clean_answer
+from sdk.store import Journal
+
+
+def label_rows(rows: list[dict], teacher, teacher_name: str, system_prompt: str, journal: Journal, description: str = "teacher labels") -> list[dict]:
+    """Return rows (in input order) with `answer`, `status` and labeling provenance."""
+    todo = [r for r in rows if r["id"] not in journal.done]
+    if todo:
+
+        def record(start: int, outputs: list) -> None:
+            finished = []
+            for row, out in zip(todo[start : start + len(outputs)], outputs):
+                labeled = dict(row, provenance=dict(row.get("provenance", {}), labeled_by=teacher_name))
+                if isinstance(out, BaseException):
+                    labeled.update(answer=None, status="failed", error=f"{type(out).__name__}: {out}")
+                elif not clean_answer(out):
+                    labeled.update(answer=None, status="failed", error="empty answer")
+                else:
+                    labeled.update(answer=clean_answer(out), status="ok")
+                finished.append(labeled)
+            journal.append(finished)
+
+        teacher.generate(
+            answer_conversations(system_prompt, [r["instruction"] for r in todo]),
+            description=description,
+            on_chunk=record,
+            return_errors=True,
+        )
+    return [journal.done[r["id"]] for r in rows]

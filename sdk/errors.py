@@ -1,0 +1,17 @@
+"""Errors the user can act on. The CLI prints them as one line, without a traceback."""
+
+
+class DistilleryError(Exception):
+    """Base class for errors caused by bad input (recipe, pack, corpus, endpoint)."""
+
+
+class ConfigError(DistilleryError):
+    """A recipe key is unknown or a value is out of range."""
+
+
+class PackError(DistilleryError):
+    """A domain pack is missing or malformed."""
+
+
+class ModelError(DistilleryError):
+    """A model could not be found or loaded."""

@@ -1,0 +1,92 @@
+"""Local causal LMs: batched, left-padded chat generation and answer log-likelihoods."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from sdk.config import GenerationSettings
+from sdk.models.base import ChatBackend
+
+Messages = list[dict]
+
+
+@dataclass
+class LocalChatModel(ChatBackend):
+    """A transformers model plus tokenizer, used through its tokenizer's chat template."""
+
+    model: object
+    tokenizer: object
+    name: str
+    settings: GenerationSettings
+
+    def __post_init__(self):
+        tok = self.tokenizer
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        self.model.eval()
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def render(self, messages: Messages, add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def _generate_chunk(self, conversations: Sequence[Messages], settings: GenerationSettings) -> list:
+        """One left-padded batch: every prompt ends at the same column, so new tokens line up."""
+        import torch
+
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        enc = tok([self.render(m) for m in conversations], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(self.device)
+        sample = settings.temperature > 0
+        with torch.inference_mode():
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=sample,
+                temperature=settings.temperature if sample else None,
+                top_p=settings.top_p if sample else None,
+                top_k=None,
+                repetition_penalty=settings.repetition_penalty,
+                pad_token_id=tok.pad_token_id,
+            )
+        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        return [t.strip() for t in tok.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def loglik(self, conversations: Sequence[Messages], answers: Sequence[str], batch_size: int = 8) -> list[float]:
+        """Mean per-token log-likelihood of each answer given its conversation, under this model.
+
+        score = (1/|a|) * sum_t log p(a_t | prompt, a_<t), over the answer tokens only.
+        An empty answer scores -inf.
+        """
+        import torch
+
+        tok = self.tokenizer
+        scores: list[float] = []
+        for start in range(0, len(answers), batch_size):
+            ids, answer_mask = [], []
+            for msgs, answer in zip(conversations[start : start + batch_size], answers[start : start + batch_size]):
+                p = tok(self.render(msgs), add_special_tokens=False)["input_ids"]
+                a = tok(answer, add_special_tokens=False)["input_ids"]
+                ids.append(p + a)
+                answer_mask.append([0] * len(p) + [1] * len(a))
+            width = max(len(x) for x in ids)
+            pad = tok.pad_token_id
+            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
+            attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
+            mask = torch.tensor([m + [0] * (width - len(m)) for m in answer_mask], device=self.device)
+            with torch.inference_mode():
+                logits = self.model(input_ids=input_ids, attention_mask=attention).logits.float()  # (B, T, V)
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts token t+1 from position t
+            target = input_ids[:, 1:]
+            token_lp = logprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+            m = mask[:, 1:].float()
+            count = m.sum(-1)
+            total = (token_lp * m).sum(-1)
+            for c, s in zip(count.tolist(), total.tolist()):
+                scores.append(s / c if c > 0 else -math.inf)
+        return scores

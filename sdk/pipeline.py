@@ -1,0 +1,207 @@
+"""The run, stage by stage. Each finished stage is recorded in the manifest; a resumed run skips it.
+
+    seeds        iter_00/train_pool.jsonl       the pack's seed instructions
+    label        iter_00/teacher.jsonl          the teacher answers them (journaled per chunk)
+    eval_teacher eval/teacher.jsonl             the teacher answers the held-out set
+    eval_before  eval/student_before.jsonl      the untrained student answers it
+    train        student/                       SFT on the teacher's answers (checkpointed)
+    eval_after   eval/student_after.jsonl       the trained student answers it
+    finalize     eval/domain.json metrics.json report.html
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdk.config import Recipe
+from sdk.curation.labeling import label_rows
+from sdk.curation.seeds import seed_pool
+from sdk.evaluate.domain import answer_conversations, clean_answer, score_answers
+from sdk.models import describe, load_chat_model, load_local
+from sdk.models.local import LocalChatModel
+from sdk.packs import Pack, resolve_pack
+from sdk.progress import log
+from sdk.store import RunStore
+
+ITER = "iter_00"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    student_path: Path
+
+
+def quiet_libraries() -> None:
+    """Keep our own progress bars and the trainer's; silence library load bars and chatter."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+
+
+class Pipeline:
+    def __init__(self, recipe: Recipe, store: RunStore):
+        self.recipe = recipe
+        self.store = store
+        self.pack: Pack = resolve_pack(recipe.domain, recipe.pack_paths)
+        self._teacher = None
+        self.timings: dict[str, float] = dict(store.manifest.get("timings", {}))
+
+    # models -----------------------------------------------------------------------------------
+    @property
+    def teacher(self):
+        if self._teacher is None:
+            self._teacher = load_chat_model(self.recipe.models.teacher, self.recipe.models)
+        return self._teacher
+
+    def teacher_name(self) -> str:
+        return describe(self.recipe.models.teacher, self.recipe.models)
+
+    def student_name(self) -> str:
+        return describe(self.recipe.models.student, self.recipe.models)
+
+    def load_student(self, trained: bool) -> LocalChatModel:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        settings = self.recipe.models.student.generation.model_copy(
+            update={"max_new_tokens": self.recipe.eval.max_new_tokens, "batch_size": self.recipe.eval.batch_size}
+        )
+        if trained:
+            path = self.store.path("student")
+            model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+            return LocalChatModel(model, tok, "student (trained)", settings)
+        model, tok = load_local(self.recipe.models.student, self.recipe.models)
+        return LocalChatModel(model, tok, "student (initial)", settings)
+
+    # stages -----------------------------------------------------------------------------------
+    def _stage(self, name: str, fn) -> None:
+        if self.store.is_done(name):
+            log(f"[dim]skip[/dim] {name} (finished in an earlier session)")
+            return
+        log(f"[bold cyan]stage[/bold cyan] {name}")
+        start = time.time()
+        outputs = fn() or []
+        self.timings[name] = round(time.time() - start, 1)
+        self.store.manifest["timings"] = self.timings
+        self.store.mark_done(name, outputs=[str(o) for o in outputs])
+
+    def run(self) -> RunResult:
+        from transformers import set_seed
+
+        quiet_libraries()
+        set_seed(self.recipe.seed)
+        self.store.set_status("running")
+        self._stage("seeds", self.stage_seeds)
+        self._stage("label", self.stage_label)
+        self._stage("eval_teacher", self.stage_eval_teacher)
+        self._stage("eval_before", lambda: self.stage_eval_student(trained=False))
+        self._stage("train", self.stage_train)
+        self._stage("eval_after", lambda: self.stage_eval_student(trained=True))
+        self._stage("finalize", self.stage_finalize)
+        self.store.set_status("finished")
+        return RunResult(self.store.root, self.store.read_json("metrics.json"), self.store.path("student"))
+
+    def stage_seeds(self):
+        pool = seed_pool(self.pack, self.recipe.data.max_seeds, self.recipe.seed)
+        return [self.store.write_jsonl(f"{ITER}/train_pool.jsonl", pool)]
+
+    def stage_label(self):
+        pool = self.store.read_jsonl(f"{ITER}/train_pool.jsonl")
+        journal = self.store.journal(f"{ITER}/teacher.partial.jsonl")
+        rows = label_rows(pool, self.teacher, self.teacher_name(), self.pack.spec.system_prompt, journal)
+        path = self.store.write_jsonl(f"{ITER}/teacher.jsonl", rows)
+        journal.remove()
+        return [path]
+
+    def _eval_rows(self) -> list[dict]:
+        rows = [r.model_dump() for r in self.pack.eval_rows()]
+        return rows[: self.recipe.data.max_eval] if self.recipe.data.max_eval else rows
+
+    def stage_eval_teacher(self):
+        rows = [
+            {"id": r["id"], "instruction": r["instruction"], "provenance": {"document": f"{self.pack.name}/{self.pack.spec.eval.path}", "chunk_id": None, "stage": "eval", "model": None}}
+            for r in self._eval_rows()
+        ]
+        journal = self.store.journal("eval/teacher.partial.jsonl")
+        labeled = label_rows(rows, self.teacher, self.teacher_name(), self.pack.spec.system_prompt, journal, description="teacher answers eval set")
+        path = self.store.write_jsonl("eval/teacher.jsonl", labeled)
+        journal.remove()
+        return [path]
+
+    def stage_eval_student(self, trained: bool):
+        tag = "after" if trained else "before"
+        eval_rows = self._eval_rows()
+        student = self.load_student(trained)
+        answers = student.generate(
+            answer_conversations(self.pack.spec.system_prompt, [r["instruction"] for r in eval_rows]),
+            description=f"student answers eval set ({tag})",
+        )
+        out = []
+        for row, answer in zip(eval_rows, answers):
+            out.append(
+                {
+                    "id": row["id"],
+                    "instruction": row["instruction"],
+                    "answer": clean_answer(answer),
+                    "provenance": {"document": f"{self.pack.name}/{self.pack.spec.eval.path}", "chunk_id": None, "stage": f"eval_{tag}", "model": student.name},
+                }
+            )
+        if isinstance(self.teacher, LocalChatModel):
+            convs = answer_conversations(self.pack.spec.system_prompt, [r["instruction"] for r in out])
+            for row, ll in zip(out, self.teacher.loglik(convs, [r["answer"] for r in out])):
+                row["teacher_loglik"] = ll
+        del student
+        return [self.store.write_jsonl(f"eval/student_{tag}.jsonl", out)]
+
+    def stage_train(self):
+        from sdk.train.common import save_student
+        from sdk.train.sft import train_sft
+
+        rows = [r for r in self.store.read_jsonl(f"{ITER}/teacher.jsonl") if r["status"] == "ok"]
+        if not rows:
+            raise RuntimeError("no usable teacher answers to train on (see iter_00/teacher.jsonl for reasons)")
+        model, tokenizer = load_local(self.recipe.models.student, self.recipe.models)
+        model, metrics = train_sft(model, tokenizer, rows, self.pack.spec.system_prompt, self.recipe.train, self.store.path(ITER, "checkpoints"), self.recipe.seed)
+        path = save_student(model, tokenizer, self.store.path("student"))
+        self.store.write_json(f"{ITER}/train_metrics.json", metrics)
+        return [path]
+
+    def stage_finalize(self):
+        from sdk.report import write_report
+
+        eval_rows = self._eval_rows()
+        teacher_rows = {r["id"]: r for r in self.store.read_jsonl("eval/teacher.jsonl")}
+        teacher_answers = {k: (r.get("answer") or "") for k, r in teacher_rows.items()}
+        domain = {}
+        for tag in ("before", "after"):
+            rows = self.store.read_jsonl(f"eval/student_{tag}.jsonl")
+            ll = {r["id"]: r["teacher_loglik"] for r in rows if "teacher_loglik" in r} or None
+            domain[tag] = score_answers(eval_rows, {r["id"]: r["answer"] for r in rows}, teacher_answers, ll)
+        domain["teacher_vs_reference"] = score_answers(eval_rows, teacher_answers, teacher_answers)["summary"]
+        self.store.write_json("eval/domain.json", domain)
+
+        labeled = self.store.read_jsonl(f"{ITER}/teacher.jsonl")
+        metrics = {
+            "domain": self.pack.name,
+            "preset": self.recipe.preset,
+            "models": {"teacher": self.teacher_name(), "student": self.student_name()},
+            "data": {
+                "train_pool": len(labeled),
+                "teacher_ok": sum(r["status"] == "ok" for r in labeled),
+                "teacher_failed": sum(r["status"] != "ok" for r in labeled),
+                "eval_prompts": len(eval_rows),
+            },
+            "train": self.store.read_json(f"{ITER}/train_metrics.json"),
+            "eval": {"before": domain["before"]["summary"], "after": domain["after"]["summary"], "teacher_vs_reference": domain["teacher_vs_reference"]},
+            "timings_s": self.timings,
+        }
+        self.store.write_json("metrics.json", metrics)
+        report = write_report(self.store.root, metrics)
+        return [self.store.path("eval/domain.json"), self.store.path("metrics.json"), report]

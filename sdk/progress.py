@@ -1,0 +1,39 @@
+"""Progress bars and tables shared by the stages (rich)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int):
+    """Yield an `advance(n)` callable that moves a bar of `total` units."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not sys.stderr.isatty() and not _force_progress(),
+    )
+    with progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n=1: progress.advance(task, n)
+
+
+def _force_progress() -> bool:
+    import os
+
+    return os.environ.get("DISTILLERY_PROGRESS", "") == "1"
+
+
+def log(message: str) -> None:
+    console.print(message)

@@ -1,0 +1,46 @@
+"""The short before/after table printed at the end of a run."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+# (metrics key, label, higher is better)
+EVAL_ROWS = [
+    ("rougeL_vs_teacher", "ROUGE-L vs teacher", True),
+    ("teacher_loglik", "teacher log-lik / token", True),
+    ("rougeL_vs_reference", "ROUGE-L vs reference", True),
+    ("key_point_recall", "key-point recall", True),
+    ("answer_tokens", "answer length (tokens)", None),
+]
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def eval_rows(metrics: dict) -> list[tuple[str, str, str, str, bool | None]]:
+    """(label, before, after, change, improved) per metric; improved is None where it does not apply."""
+    before, after = metrics["eval"]["before"], metrics["eval"]["after"]
+    rows = []
+    for key, label, higher in EVAL_ROWS:
+        b, a = before.get(key), after.get(key)
+        delta = "" if b is None or a is None else f"{a - b:+.3f}"
+        improved = None if not delta or higher is None or a == b else (a > b) == higher
+        rows.append((label, _fmt(b), _fmt(a), delta, improved))
+    return rows
+
+
+def summary_table(metrics: dict) -> Table:
+    table = Table(title=f"Distillery: {metrics['domain']} ({metrics['preset']}), student on {metrics['data']['eval_prompts']} held-out prompts")
+    for col in ("metric", "before", "after", "change"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for label, before, after, delta, improved in eval_rows(metrics):
+        colour = {True: "green", False: "red", None: "default"}[improved]
+        table.add_row(label, before, after, f"[{colour}]{delta}[/]" if delta else "")
+    train = metrics.get("train", {})
+    table.caption = (
+        f"teacher {metrics['models']['teacher']} · student {metrics['models']['student']} · "
+        f"{metrics['data']['teacher_ok']}/{metrics['data']['train_pool']} teacher answers used · "
+        f"{train.get('steps', 0)} steps, loss {_fmt(train.get('first_logged_loss'))} → {_fmt(train.get('last_logged_loss'))}"
+    )
+    return table
