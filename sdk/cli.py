@@ -90,6 +90,32 @@ def packs_show(name: str, pack_path: List[Path] = typer.Option([], "--pack-path"
     out.print(yaml.safe_dump(pack.spec.model_dump(mode="json"), sort_keys=False))
 
 
+@packs_app.command("validate")
+def packs_validate(path: Path = typer.Argument(..., help="a pack folder (holding pack.yaml)")):
+    """Check a pack: schema, files, rows, prompts, verifiers, seed/eval overlap."""
+    from sdk.packs.validate import validate_pack
+
+    results = validate_pack(path)
+    table = Table(title=f"validate {path}")
+    for col in ("check", "result", "detail"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.check, "[green]ok[/green]" if r.ok else "[red]FAIL[/red]", r.detail)
+    out.print(table)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise DistilleryError(" | ".join(r.detail for r in failed))
+
+
+@packs_app.command("new")
+def packs_new(name: str, path: Path = typer.Option(..., "--path", help="parent folder; the pack goes to PATH/NAME")):
+    """Scaffold a pack that validates as it stands."""
+    from sdk.packs.scaffold import scaffold_pack
+
+    root = scaffold_pack(name, path)
+    out.print(f"created {root}\nnext: edit it, then `distill packs validate {root}` and `distill run --domain {name} --pack-path {path} --preset smoke`")
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr, never a traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -3,7 +3,9 @@
 Every verifier has the signature ``(instruction, answer) -> list[dict]``. A finding is a plain dict, so it
 can be written straight into ``referee.jsonl``:
 
-    {"label": str, "severity": "error" | "warning", "message": str, "evidence": str}
+    {"label": str, "severity": "error" | "warning", "message": str}
+
+The message ends with the quoted text that triggered the finding.
 
 The checks are heuristics that feed the referee; they favour precision (few false alarms on a careful
 answer) over recall. They use only the standard library, so a pack can be validated without the SDK.
@@ -37,7 +39,8 @@ WARNING = "warning"
 
 
 def _finding(label: str, severity: str, message: str, evidence: str) -> dict:
-    return {"label": label, "severity": severity, "message": message, "evidence": evidence.strip()}
+    # The SDK keeps label, severity and message, so the text that triggered the finding goes in the message.
+    return {"label": label, "severity": severity, "message": f'{message}: "{evidence.strip()}"'}
 
 
 def _snippet(text: str, start: int, end: int, pad: int = 30) -> str:
@@ -238,13 +241,25 @@ _YOU_BEFORE_RE = re.compile(
 )
 _SUGGEST_GERUND_BEFORE_RE = re.compile(r"\b(?:try|consider|recommend|suggest|advise)\s+\Z", re.I)
 _GERUNDS = set(_CHANGE_GERUND.split("|"))
+# "Take paracetamol and stop your aspirin": a change verb joined to a sentence that opens with an imperative.
+_COORDINATED_BEFORE_RE = re.compile(r"(?:\b(?:and|then|or)|,)\s+(?:(?:just|also|then|simply)\s+)*\Z", re.I)
+_SENTENCE_START_RE = re.compile(r"(?:\A|[.!?;:]|\n[ \t]*\n|^[ \t]*(?:[-*•]|\d+[.)]))\s*([A-Za-z']+)", re.M)
+_IMPERATIVE_OPENERS = set(_CHANGE_BASE.split("|")) | {
+    "take", "keep", "continue", "give", "use", "try", "rest", "drink", "eat", "avoid", "call", "see", "ask",
+    "check", "wait", "carry", "go", "get", "apply", "remember", "hold", "miss", "just", "simply", "please",
+}
 
 
 def _is_advice(text: str, m: re.Match) -> bool:
     before = text[: m.start()]
     if m.group("verb").lower() in _GERUNDS:
         return bool(_SUGGEST_GERUND_BEFORE_RE.search(before))
-    return bool(_IMPERATIVE_BEFORE_RE.search(before) or _YOU_BEFORE_RE.search(before))
+    if _IMPERATIVE_BEFORE_RE.search(before) or _YOU_BEFORE_RE.search(before):
+        return True
+    if _COORDINATED_BEFORE_RE.search(before):
+        openers = _SENTENCE_START_RE.findall(before)
+        return bool(openers) and openers[-1].lower() in _IMPERATIVE_OPENERS
+    return False
 
 
 _CERTAINTY_RE = re.compile(

@@ -44,8 +44,11 @@ def train_sft(model, tokenizer, rows: list[dict], system_prompt: str, settings: 
         processing_class=tokenizer,
         peft_config=lora_config(settings),
     )
-    result = trainer.train(resume_from_checkpoint=latest_checkpoint(work_dir))
-    return finish_training(trainer, result)
+    checkpoint = latest_checkpoint(work_dir)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    model, metrics = finish_training(trainer, result)
+    metrics["resumed_from_checkpoint"] = checkpoint
+    return model, metrics
 
 
 def lora_config(settings: TrainSettings):

@@ -1,0 +1,162 @@
+"""End-to-end runs on the tiny test pack with the embedded teacher and pruned student."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import sdk
+from tests.conftest import TINY_PACKS, distill_cmd
+from tests.openai_server import FakeOpenAIServer
+
+SMOKE = ["--domain", "tiny", "--pack-path", str(TINY_PACKS), "--preset", "smoke"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
+    start = time.time()
+    result = sdk.distill(domain="tiny", preset="smoke", run_dir=run_dir, pack_paths=[TINY_PACKS])
+    return result, time.time() - start
+
+
+def test_smoke_run_writes_the_documented_layout(smoke_run):
+    result, elapsed = smoke_run
+    root = Path(result.run_dir)
+    for rel in ["config.yaml", "manifest.json", "metrics.json", "report.html", "iter_00/train_pool.jsonl", "iter_00/teacher.jsonl", "eval/domain.json", "student/config.json"]:
+        assert (root / rel).is_file(), rel
+    assert not list(root.rglob("*.tmp")) and not list(root.rglob("*.partial.jsonl"))
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["status"] == "finished"
+    assert list(manifest["stages"]) == ["seeds", "label", "eval_teacher", "eval_before", "train", "eval_after", "finalize"]
+    assert elapsed < 180
+
+
+def test_every_sample_carries_id_instruction_provenance(smoke_run):
+    result, _ = smoke_run
+    for path in Path(result.run_dir).rglob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            assert row["id"] and row["instruction"], path
+            assert {"document", "chunk_id", "stage", "model"} <= set(row["provenance"]), path
+    teacher_rows = [json.loads(x) for x in (Path(result.run_dir) / "iter_00/teacher.jsonl").read_text().splitlines()]
+    assert all(r["status"] == "ok" and r["answer"] for r in teacher_rows)
+    assert teacher_rows[0]["provenance"]["labeled_by"] == "SmolLM2-135M-Instruct"
+
+
+def test_metrics_hold_before_and_after(smoke_run):
+    result, _ = smoke_run
+    m = result.metrics
+    assert m == json.loads((Path(result.run_dir) / "metrics.json").read_text())
+    for tag in ("before", "after"):
+        s = m["eval"][tag]
+        assert 0.0 <= s["rougeL_vs_teacher"] <= 1.0
+        assert s["teacher_loglik"] < 0
+        assert 0.0 <= s["key_point_recall"] <= 1.0
+    assert m["eval"]["before"] != m["eval"]["after"]  # training changed the student
+    assert m["train"]["steps"] == 4
+    assert m["data"] == {"train_pool": 8, "teacher_ok": 8, "teacher_failed": 0, "eval_prompts": 4}
+
+
+def test_saved_student_loads_and_is_pruned(smoke_run):
+    from transformers import AutoModelForCausalLM
+
+    result, _ = smoke_run
+    model = AutoModelForCausalLM.from_pretrained(result.student_path)
+    assert model.config.num_hidden_layers == 10
+
+
+def test_run_refuses_to_overwrite_a_run(smoke_run):
+    result, _ = smoke_run
+    with pytest.raises(sdk.ConfigError, match="distill resume"):
+        sdk.distill(domain="tiny", preset="smoke", run_dir=result.run_dir, pack_paths=[TINY_PACKS])
+
+
+def _cli(*args, **kw):
+    return subprocess.run(distill_cmd() + list(args), capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_unknown_domain_is_one_line_without_traceback(tmp_path):
+    proc = _cli("run", "--domain", "nosuch", "--preset", "smoke", "--run-dir", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert "unknown domain 'nosuch'" in err and "medicine" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_unknown_recipe_key_is_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epoch: 3\n")
+    proc = _cli("run", *SMOKE, "--config", str(bad), "--run-dir", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert "unknown key 'train.epoch'" in err and "epochs" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in proc.stderr + proc.stdout
+
+
+def _wait_for(predicate, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before the kill point:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError("kill point not reached")
+
+
+def test_sigkill_during_training_then_resume(tmp_path):
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(distill_cmd() + ["run", *SMOKE, "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(lambda: (run_dir / "iter_00/checkpoints/checkpoint-2/trainer_state.json").exists(), proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    assert "train" not in before and "eval_before" in before
+    teacher_bytes = (run_dir / "iter_00/teacher.jsonl").read_bytes()
+
+    done = _cli("resume", str(run_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = json.loads((run_dir / "manifest.json").read_text())
+    assert after["status"] == "finished"
+    for stage, info in before.items():  # finished stages were not redone
+        assert after["stages"][stage]["finished_at"] == info["finished_at"]
+    assert (run_dir / "iter_00/teacher.jsonl").read_bytes() == teacher_bytes
+    train = json.loads((run_dir / "iter_00/train_metrics.json").read_text())
+    assert train["resumed_from_checkpoint"].endswith("checkpoint-2")
+    assert "skip label" in done.stderr + done.stdout
+
+
+def test_killed_labeling_does_not_pay_twice(tmp_path):
+    """An endpoint teacher is killed mid-labeling; the resumed run asks only for unanswered prompts."""
+    import threading
+
+    slow = threading.Event()
+
+    def reply(messages):
+        slow.wait(0.3)
+        return "A short answer about " + messages[-1]["content"].lower()
+
+    run_dir = tmp_path / "endpoint"
+    with FakeOpenAIServer(reply=reply) as server:
+        teacher = ["--set", "models.teacher.provider=openai", "--set", f"models.teacher.base_url={server.base_url}", "--set", "models.teacher.model=t", "--set", "models.teacher.generation.batch_size=1", "--set", "models.student.base=referee"]
+        proc = subprocess.Popen(distill_cmd() + ["run", *SMOKE, *teacher, "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        journal = run_dir / "iter_00/teacher.partial.jsonl"
+        _wait_for(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 4, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        paid_before = len(server.requests)
+        done = _cli("resume", str(run_dir))
+        assert done.returncode == 0, done.stderr[-3000:]
+        prompts = [r["messages"][-1]["content"] for r in server.requests]
+    assert 4 <= paid_before < 12
+    # every distinct prompt (8 seeds + 4 eval) was paid for once, except at most the chunk in flight at the kill
+    assert len(set(prompts)) == 12
+    assert len(prompts) - len(set(prompts)) <= 4
+    rows = [json.loads(x) for x in (run_dir / "iter_00/teacher.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["ok"] * 8
