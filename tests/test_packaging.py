@@ -1,0 +1,35 @@
+"""The bundled domains/, corpora/ and configs/ are found from a built wheel, not only from the checkout."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_editable_install_finds_bundled_data():
+    from sdk.paths import data_dir
+
+    assert (data_dir("domains") / "medicine" / "pack.yaml").is_file()
+    assert (data_dir("corpora") / "medicine").is_dir()
+    assert (data_dir("configs") / "recipes" / "smoke.yaml").is_file()
+
+
+def test_built_wheel_carries_packs_corpora_and_recipes(tmp_path):
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(ROOT)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next(wheel_dir.glob("distillery-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True)
+    code = (
+        "import sdk.paths as p, sdk.packs as packs;"
+        "d = p.data_dir('domains'); print(d);"
+        "print(sorted(packs.discover_packs()));"
+        "print(len(packs.resolve_pack('medical').corpus_files()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.split("\n")
+    assert lines[0].startswith(str(target)) and lines[0].endswith("sdk/_data/domains")
+    assert lines[1] == "['finance', 'law', 'medicine', 'science']"
+    assert int(lines[2]) >= 25
