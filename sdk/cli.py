@@ -64,6 +64,87 @@ def report(run_dir: Path = typer.Argument(...)):
     out.print(f"report: {write_report(run_dir, metrics)}")
 
 
+@app.command()
+def ingest(
+    domain: Optional[str] = typer.Option(None, "--domain", "-d", help="index this pack's corpus"),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="index this folder"),
+    index_dir: Path = typer.Option(..., "--index-dir", help="where the index is kept (reused when unchanged)"),
+    chunk_size: Optional[int] = typer.Option(None, help="tokens per chunk (default: the pack's, else 384)"),
+    chunk_overlap: Optional[int] = typer.Option(None, help="overlap in tokens (default: the pack's, else 48)"),
+    index_type: str = typer.Option("auto", help="auto | flat | hnsw | ivf"),
+    flat_max_vectors: int = typer.Option(20000, help="auto: flat index up to this many chunks, HNSW beyond"),
+    pack_path: List[Path] = typer.Option([], "--pack-path"),
+):
+    """Read, chunk, embed and index a corpus (llama-index + sentence-transformers + FAISS)."""
+    from sdk.knowledge.ingest import IndexSettings
+    from sdk.knowledge.ingest import ingest as run_ingest
+
+    if (domain is None) == (corpus is None):
+        raise DistilleryError("give exactly one of --domain NAME or --corpus DIR")
+    settings = IndexSettings(index_type=index_type, flat_max_vectors=flat_max_vectors)
+    if domain is not None:
+        from sdk.packs import resolve_pack
+
+        pack = resolve_pack(domain, pack_path)
+        corpus = pack.corpus_dir()
+        settings.chunk_size, settings.chunk_overlap = pack.spec.retrieval.chunk_size, pack.spec.retrieval.chunk_overlap
+    settings.chunk_size = chunk_size or settings.chunk_size
+    settings.chunk_overlap = chunk_overlap if chunk_overlap is not None else settings.chunk_overlap
+    if settings.chunk_overlap >= settings.chunk_size:
+        raise DistilleryError(f"--chunk-overlap ({settings.chunk_overlap}) must be smaller than --chunk-size ({settings.chunk_size})")
+    summary = run_ingest(corpus, index_dir, settings)
+    table = Table(title=f"ingest {corpus}")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for label, value in (("files seen", summary.files_seen), ("files read", summary.files_indexed), ("files unchanged (reused)", summary.files_reused), ("files skipped", len(summary.skipped)), ("chunks", summary.chunks), ("chunks embedded now", summary.chunks_embedded)):
+        table.add_row(label, str(value))
+    table.caption = f"{summary.index_type} index in {summary.index_dir} · {summary.seconds:.1f}s"
+    out.print(table)
+    for skip in summary.skipped:
+        out.print(f"[yellow]skipped[/yellow] {skip['file']}: {skip['reason']}")
+
+
+@app.command()
+def retrieve(
+    query: str = typer.Argument(...),
+    index_dir: Path = typer.Option(..., "--index-dir"),
+    k: int = typer.Option(5, "--k", min=1),
+    as_json: bool = typer.Option(False, "--json", help="print JSON lines instead of a table"),
+):
+    """The k passages most similar to QUERY."""
+    import json
+
+    from sdk.knowledge.retrieve import retrieve as run_retrieve
+
+    passages = run_retrieve(index_dir, query, k)
+    if as_json:
+        for p in passages:
+            print(json.dumps(p.as_dict(), ensure_ascii=False))
+        return
+    table = Table(title=f"top {k} for: {query}")
+    for col in ("score", "chunk", "text"):
+        table.add_column(col)
+    for p in passages:
+        table.add_row(f"{p.score:.3f}", p.chunk_id, p.text[:200].replace("\n", " "))
+    out.print(table)
+
+
+@app.command("filter")
+def filter_cmd(
+    pool: Path = typer.Option(..., "--pool", help="JSONL of existing instructions (field 'instruction')"),
+    candidates: Path = typer.Option(..., "--candidates", help="JSONL of candidate instructions"),
+    out_file: Path = typer.Option(..., "--out", help="kept candidates, lines unchanged, in input order"),
+    rejected: Optional[Path] = typer.Option(None, "--rejected", help="dropped candidates with the reason"),
+    rouge_threshold: float = typer.Option(0.7, min=0.0, max=1.0),
+    cosine_threshold: Optional[float] = typer.Option(0.9, help="embedding cosine threshold; 1.0 or more disables it"),
+):
+    """Keep candidates whose ROUGE-L (and embedding cosine) to the pool and to earlier kept ones is below the thresholds."""
+    from sdk.curation.diversity import filter_jsonl
+
+    stats = filter_jsonl(pool, candidates, out_file, rejected, rouge_threshold, cosine_threshold)
+    out.print(f"kept {stats['kept']} of {stats['candidates']} candidates ({stats['rouge']} dropped by ROUGE-L, {stats['cosine']} by cosine) -> {out_file}")
+
+
 @packs_app.command("list")
 def packs_list(pack_path: List[Path] = typer.Option([], "--pack-path")):
     """Table of discovered packs."""

@@ -1,6 +1,7 @@
 """End-to-end runs on the tiny test pack with the embedded teacher and pruned student."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -59,7 +60,7 @@ def test_metrics_hold_before_and_after(smoke_run):
         assert s["teacher_loglik"] < 0
         assert 0.0 <= s["key_point_recall"] <= 1.0
     assert m["eval"]["before"] != m["eval"]["after"]  # training changed the student
-    assert m["train"]["steps"] == 4
+    assert m["train"]["steps"] == 16
     assert m["data"] == {"train_pool": 8, "teacher_ok": 8, "teacher_failed": 0, "eval_prompts": 4}
 
 
@@ -113,7 +114,7 @@ def _wait_for(predicate, proc, timeout=300):
 def test_sigkill_during_training_then_resume(tmp_path):
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen(distill_cmd() + ["run", *SMOKE, "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for(lambda: (run_dir / "iter_00/checkpoints/checkpoint-2/trainer_state.json").exists(), proc)
+    _wait_for(lambda: (run_dir / "iter_00/checkpoints/checkpoint-4/trainer_state.json").exists(), proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = json.loads((run_dir / "manifest.json").read_text())["stages"]
@@ -128,7 +129,7 @@ def test_sigkill_during_training_then_resume(tmp_path):
         assert after["stages"][stage]["finished_at"] == info["finished_at"]
     assert (run_dir / "iter_00/teacher.jsonl").read_bytes() == teacher_bytes
     train = json.loads((run_dir / "iter_00/train_metrics.json").read_text())
-    assert train["resumed_from_checkpoint"].endswith("checkpoint-2")
+    assert re.search(r"checkpoint-(4|8|12)$", train["resumed_from_checkpoint"])
     assert "skip label" in done.stderr + done.stdout
 
 

@@ -24,10 +24,10 @@ _STOPWORDS = frozenset(
 
 def key_point_covered(key_point: str, answer: str, threshold: float = 0.6) -> bool:
     """A key point counts as covered when >= threshold of its content tokens (stemmed) occur in the answer."""
-    point = [t for t in tokenize(key_point) if t not in _STOPWORDS]
+    point = [t for t in tokenize(key_point, use_stemmer=True) if t not in _STOPWORDS]
     if not point:
         return False
-    have = set(tokenize(answer))
+    have = set(tokenize(answer, use_stemmer=True))
     return sum(t in have for t in point) / len(point) >= threshold
 
 
@@ -49,8 +49,8 @@ def score_answers(
         answer = answers.get(row["id"], "")
         item = {
             "id": row["id"],
-            "rougeL_vs_teacher": rouge_l_f(teacher_answers.get(row["id"], ""), answer),
-            "rougeL_vs_reference": rouge_l_f(row["reference"], answer),
+            "rougeL_vs_teacher": rouge_l_f(teacher_answers.get(row["id"], ""), answer, use_stemmer=True),
+            "rougeL_vs_reference": rouge_l_f(row["reference"], answer, use_stemmer=True),
             "key_point_recall": key_point_recall(row["key_points"], answer),
             "answer_tokens": len(tokenize(answer)),
         }

@@ -54,7 +54,7 @@ def overlap_problems(pack: Pack, seeds, evals) -> list[str]:
             if norm == seed_norm:
                 problems.append(f"{eval_file}: row {row.id} field 'instruction': exact duplicate of seed {seed_id}")
                 break
-            score = rouge_l_f(seed_text, row.instruction)
+            score = rouge_l_f(seed_text, row.instruction, use_stemmer=True)  # stemmed: the stricter test
             if score >= NEAR_DUPLICATE_ROUGE_L:
                 problems.append(f"{eval_file}: row {row.id} field 'instruction': near-duplicate of seed {seed_id} (ROUGE-L {score:.2f} >= {NEAR_DUPLICATE_ROUGE_L})")
                 break

@@ -40,7 +40,7 @@ def training_args_kwargs(settings: TrainSettings, seed: int) -> dict:
         bf16=use_bf16(settings.bf16),
         fp16=False,
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing=settings.gradient_checkpointing,  # transformers 5 name; TRL would default it on
         deepspeed=settings.deepspeed,
         seed=seed,
         data_seed=seed,
