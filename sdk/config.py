@@ -91,6 +91,29 @@ class DataSettings(_Strict):
     max_eval: Optional[int] = Field(None, ge=1, description="cap on held-out eval prompts (null = all)")
 
 
+class KnowledgeSettings(_Strict):
+    index_dir: Optional[str] = Field(None, description="where the corpus index lives (null = <cache>/indexes/<pack>); reused while unchanged")
+    index_type: Literal["auto", "flat", "hnsw", "ivf"] = Field("auto", description="FAISS index; auto = flat up to flat_max_vectors, HNSW beyond")
+    flat_max_vectors: int = Field(20000, ge=1)
+    embedder: str = Field("all-MiniLM-L6-v2", description="sentence-transformers model (folder or hub id); the default ships with the SDK")
+
+
+class CurationSettings(_Strict):
+    passages: int = Field(6, ge=0, le=1_000_000, description="corpus passages to synthesise instructions from (0 = seeds only)")
+    per_passage: int = Field(3, ge=1, le=50, description="instructions asked for per passage")
+    teacher_context: Literal["passage", "none"] = Field("passage", description="passage = the teacher answers with the source passage in its prompt (RAG teacher)")
+    min_words: int = Field(4, ge=1, le=1000, description="shorter instructions are dropped (Lion drops 3 words or fewer)")
+    max_words: int = Field(150, ge=2, le=10000)
+    rouge_threshold: float = Field(0.7, gt=0.0, le=1.0, description="drop a candidate whose ROUGE-L F to any kept instruction is >= this")
+    cosine_threshold: Optional[float] = Field(0.9, gt=0.0, le=1.0, description="drop a candidate whose embedding cosine is >= this (null = off)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "CurationSettings":
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) must not exceed max_words ({self.max_words})")
+        return self
+
+
 class LoraSettings(_Strict):
     enabled: bool = False
     r: int = Field(16, ge=1, le=1024)
@@ -129,6 +152,8 @@ class Recipe(_Strict):
     seed: int = Field(0, ge=0)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     data: DataSettings = Field(default_factory=DataSettings)
+    knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
+    curation: CurationSettings = Field(default_factory=CurationSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
 

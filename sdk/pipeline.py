@@ -1,6 +1,8 @@
 """The run, stage by stage. Each finished stage is recorded in the manifest; a resumed run skips it.
 
-    seeds        iter_00/train_pool.jsonl       the pack's seed instructions
+    ingest       knowledge.json                 the pack's corpus indexed (llama-index + FAISS), reused when unchanged
+    synthesize   iter_00/synthesized.jsonl      instructions written from sampled passages, quality- and diversity-filtered
+    pool         iter_00/train_pool.jsonl       the pack's seeds plus the synthesised instructions
     label        iter_00/teacher.jsonl          the teacher answers them (journaled per chunk)
     eval_teacher eval/teacher.jsonl             the teacher answers the held-out set
     eval_before  eval/student_before.jsonl      the untrained student answers it
@@ -51,15 +53,21 @@ class Pipeline:
         self.recipe = recipe
         self.store = store
         self.pack: Pack = resolve_pack(recipe.domain, recipe.pack_paths)
-        self._teacher = None
+        self._models: dict[str, object] = {}
         self.timings: dict[str, float] = dict(store.manifest.get("timings", {}))
 
     # models -----------------------------------------------------------------------------------
+    def model(self, role: str):
+        """A chat model for a role; roles with identical specs share one loaded model."""
+        spec = getattr(self.recipe.models, role)
+        key = spec.model_dump_json()
+        if key not in self._models:
+            self._models[key] = load_chat_model(spec, self.recipe.models)
+        return self._models[key]
+
     @property
     def teacher(self):
-        if self._teacher is None:
-            self._teacher = load_chat_model(self.recipe.models.teacher, self.recipe.models)
-        return self._teacher
+        return self.model("teacher")
 
     def teacher_name(self) -> str:
         return describe(self.recipe.models.teacher, self.recipe.models)
@@ -98,7 +106,9 @@ class Pipeline:
         quiet_libraries()
         set_seed(self.recipe.seed)
         self.store.set_status("running")
-        self._stage("seeds", self.stage_seeds)
+        self._stage("ingest", self.stage_ingest)
+        self._stage("synthesize", self.stage_synthesize)
+        self._stage("pool", self.stage_pool)
         self._stage("label", self.stage_label)
         self._stage("eval_teacher", self.stage_eval_teacher)
         self._stage("eval_before", lambda: self.stage_eval_student(trained=False))
@@ -108,14 +118,57 @@ class Pipeline:
         self.store.set_status("finished")
         return RunResult(self.store.root, self.store.read_json("metrics.json"), self.store.path("student"))
 
-    def stage_seeds(self):
-        pool = seed_pool(self.pack, self.recipe.data.max_seeds, self.recipe.seed)
+    def index_dir(self) -> Path:
+        from sdk.paths import cache_dir
+
+        configured = self.recipe.knowledge.index_dir
+        return Path(configured) if configured else cache_dir() / "indexes" / self.pack.name
+
+    def stage_ingest(self):
+        from sdk.knowledge.ingest import IndexSettings, ingest
+
+        k, r = self.recipe.knowledge, self.pack.spec.retrieval
+        settings = IndexSettings(chunk_size=r.chunk_size, chunk_overlap=r.chunk_overlap, embedder=k.embedder, index_type=k.index_type, flat_max_vectors=k.flat_max_vectors)
+        summary = ingest(self.pack.corpus_dir(), self.index_dir(), settings)
+        return [self.store.write_json("knowledge.json", summary.as_dict())]
+
+    def stage_synthesize(self):
+        from sdk.curation.diversity import filter_candidates
+        from sdk.curation.synthesis import sample_passages, synthesize
+        from sdk.knowledge.embeddings import load_embedder
+        from sdk.store import read_jsonl
+
+        cur = self.recipe.curation
+        candidates, rejected = [], []
+        if cur.passages > 0:
+            chunks = read_jsonl(self.index_dir() / "chunks.jsonl")
+            subareas = sorted({s.subarea for s in self.pack.seeds()})
+            passages = sample_passages(chunks, cur.passages, subareas, self.recipe.seed)
+            generator_name = describe(self.recipe.models.generator, self.recipe.models)
+            candidates, rejected = synthesize(self.pack, passages, self.model("generator"), generator_name, cur.per_passage, cur.min_words, cur.max_words)
+        kept = []
+        if candidates:
+            seeds = [r["instruction"] for r in seed_pool(self.pack, self.recipe.data.max_seeds, self.recipe.seed)]
+            embedder = load_embedder(None if self.recipe.knowledge.embedder == "all-MiniLM-L6-v2" else self.recipe.knowledge.embedder) if cur.cosine_threshold else None
+            decisions = filter_candidates(seeds, [c["instruction"] for c in candidates], cur.rouge_threshold, cur.cosine_threshold, embedder)
+            for row, d in zip(candidates, decisions):
+                if d.kept:
+                    kept.append(row)
+                else:
+                    score = d.max_cosine if d.reason == "cosine" else d.max_rouge
+                    rejected.append(dict(row, reason=f"too similar ({d.reason} {score:.2f} to {d.match})"))
+        log(f"synthesised {len(kept)} instructions ({len(rejected)} rejected, reasons in {ITER}/synthesis_rejected.jsonl)")
+        return [self.store.write_jsonl(f"{ITER}/synthesized.jsonl", kept), self.store.write_jsonl(f"{ITER}/synthesis_rejected.jsonl", rejected)]
+
+    def stage_pool(self):
+        pool = seed_pool(self.pack, self.recipe.data.max_seeds, self.recipe.seed) + self.store.read_jsonl(f"{ITER}/synthesized.jsonl")
         return [self.store.write_jsonl(f"{ITER}/train_pool.jsonl", pool)]
 
     def stage_label(self):
         pool = self.store.read_jsonl(f"{ITER}/train_pool.jsonl")
         journal = self.store.journal(f"{ITER}/teacher.partial.jsonl")
-        rows = label_rows(pool, self.teacher, self.teacher_name(), self.pack.spec.system_prompt, journal)
+        use_context = self.recipe.curation.teacher_context == "passage"
+        rows = label_rows(pool, self.teacher, self.teacher_name(), self.pack.spec.system_prompt, journal, use_context=use_context)
         path = self.store.write_jsonl(f"{ITER}/teacher.jsonl", rows)
         journal.remove()
         return [path]
@@ -188,11 +241,16 @@ class Pipeline:
         self.store.write_json("eval/domain.json", domain)
 
         labeled = self.store.read_jsonl(f"{ITER}/teacher.jsonl")
+        knowledge = self.store.read_json("knowledge.json")
         metrics = {
             "domain": self.pack.name,
             "preset": self.recipe.preset,
             "models": {"teacher": self.teacher_name(), "student": self.student_name()},
             "data": {
+                "corpus_chunks": knowledge["chunks"],
+                "corpus_files_skipped": len(knowledge["skipped"]),
+                "synthesized": len(self.store.read_jsonl(f"{ITER}/synthesized.jsonl")),
+                "synthesis_rejected": len(self.store.read_jsonl(f"{ITER}/synthesis_rejected.jsonl")),
                 "train_pool": len(labeled),
                 "teacher_ok": sum(r["status"] == "ok" for r in labeled),
                 "teacher_failed": sum(r["status"] != "ok" for r in labeled),

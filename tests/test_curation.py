@@ -35,7 +35,7 @@ def test_failed_rows_are_kept_with_their_reason(tmp_path):
     assert [r["status"] for r in out] == ["ok", "failed", "failed", "ok"]
     assert out[1]["error"] == "RuntimeError: HTTP 500 after retries" and out[1]["answer"] is None
     assert out[2]["error"] == "empty answer"
-    assert out[0]["answer"] == "answer to a" and out[0]["provenance"] == {"stage": "seed", "labeled_by": "t"}
+    assert out[0]["answer"] == "answer to a" and out[0]["provenance"] == {"stage": "seed", "labeled_by": "t", "teacher_saw_passage": False}
 
 
 def test_journaled_rows_are_not_asked_again(tmp_path):

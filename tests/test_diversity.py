@@ -96,3 +96,40 @@ def test_cosine_drops_paraphrases_with_real_embeddings():
     decisions = filter_candidates(pool, candidates, cosine_threshold=0.8, embedder=embed)
     assert decisions[0].kept is False and decisions[0].reason == "cosine" and decisions[0].max_cosine >= 0.8
     assert decisions[1].kept is True and decisions[1].max_cosine < 0.5
+
+
+def test_cli_filter_keeps_lines_unchanged_in_order(tmp_path):
+    import json
+    import subprocess
+
+    from tests.conftest import distill_cmd
+
+    pool = tmp_path / "pool.jsonl"
+    cands = tmp_path / "cands.jsonl"
+    pool.write_text(json.dumps({"instruction": "Explain how insulin lowers blood glucose."}) + "\n")
+    lines = [
+        json.dumps({"id": 1, "instruction": "Explain how insulin lowers the blood glucose.", "extra": "x"}),
+        json.dumps({"id": 2, "instruction": "Draft a letter terminating a commercial lease early."}),
+        json.dumps({"id": 3, "instruction": "Draft a letter terminating a commercial lease early, politely."}),
+        json.dumps({"instruction": "Calculate the future value of 1,000 dollars at 5% over 10 years.", "id": 4}),
+    ]
+    cands.write_text("\n".join(lines) + "\n")
+    out, rejected = tmp_path / "kept.jsonl", tmp_path / "rejected.jsonl"
+    proc = subprocess.run(distill_cmd() + ["filter", "--pool", str(pool), "--candidates", str(cands), "--out", str(out), "--rejected", str(rejected), "--cosine-threshold", "1.0"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().splitlines() == [lines[1], lines[3]]
+    rej = [json.loads(x) for x in rejected.read_text().splitlines()]
+    assert [r["id"] for r in rej] == [1, 3]
+    assert rej[0]["rejected"]["reason"] == "rouge" and rej[0]["rejected"]["closest"] == "pool:0"
+    assert rej[1]["rejected"]["closest"] == "cand:1"
+
+
+def test_cli_filter_bad_line_names_file_and_line(tmp_path):
+    import subprocess
+
+    from tests.conftest import distill_cmd
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"instruction": "ok"}\n{"text": "no instruction field"}\n')
+    proc = subprocess.run(distill_cmd() + ["filter", "--pool", str(pool), "--candidates", str(pool), "--out", str(tmp_path / "o.jsonl")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "pool.jsonl:2" in proc.stderr and "Traceback" not in proc.stderr

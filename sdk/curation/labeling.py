@@ -11,15 +11,26 @@ from sdk.evaluate.domain import answer_conversations, clean_answer
 from sdk.store import Journal
 
 
-def label_rows(rows: list[dict], teacher, teacher_name: str, system_prompt: str, journal: Journal, description: str = "teacher labels") -> list[dict]:
-    """Return rows (in input order) with `answer`, `status` and labeling provenance."""
+def teacher_prompt(row: dict, use_context: bool) -> str:
+    """The user turn the teacher sees: the instruction, with its source passage for a RAG teacher."""
+    if use_context and row.get("context"):
+        return f"Reference passage:\n{row['context']}\n\nUsing the passage where it is relevant, answer the following.\n{row['instruction']}"
+    return row["instruction"]
+
+
+def label_rows(rows: list[dict], teacher, teacher_name: str, system_prompt: str, journal: Journal, description: str = "teacher labels", use_context: bool = False) -> list[dict]:
+    """Return rows (in input order) with `answer`, `status` and labeling provenance.
+
+    With use_context, rows that carry a `context` passage are answered with it (the student is later
+    trained on the bare instruction, so the grounding is distilled into it).
+    """
     todo = [r for r in rows if r["id"] not in journal.done]
     if todo:
 
         def record(start: int, outputs: list) -> None:
             finished = []
             for row, out in zip(todo[start : start + len(outputs)], outputs):
-                labeled = dict(row, provenance=dict(row.get("provenance", {}), labeled_by=teacher_name))
+                labeled = dict(row, provenance=dict(row.get("provenance", {}), labeled_by=teacher_name, teacher_saw_passage=bool(use_context and row.get("context"))))
                 if isinstance(out, BaseException):
                     labeled.update(answer=None, status="failed", error=f"{type(out).__name__}: {out}")
                 elif not clean_answer(out):
@@ -30,7 +41,7 @@ def label_rows(rows: list[dict], teacher, teacher_name: str, system_prompt: str,
             journal.append(finished)
 
         teacher.generate(
-            answer_conversations(system_prompt, [r["instruction"] for r in todo]),
+            answer_conversations(system_prompt, [teacher_prompt(r, use_context) for r in todo]),
             description=description,
             on_chunk=record,
             return_errors=True,

@@ -1,0 +1,149 @@
+"""Grounded instruction synthesis: the generator writes instructions from corpus passages.
+
+  1. sample passages, spread round-robin over sub-areas and documents
+  2. render the pack's synthesis prompt per passage; the generator replies with a numbered list
+  3. parse the list; a reply that yields no instruction is recorded with its raw text
+  4. quality filters (Lion's rules: more than 3 words, no leading punctuation or non-ASCII; plus length,
+     refusals, and copying the passage verbatim)
+  5. the diversity filter (ROUGE-L and embedding cosine) against the seeds and earlier kept instructions
+
+Every row carries provenance: document, chunk id, passage hash, generator model, prompt version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from typing import Optional
+
+from rapidfuzz.distance import LCSseq
+
+from sdk.curation.seeds import provenance
+from sdk.rouge import tokenize
+
+_NUMBERED = re.compile(r"^\s*(?:\d{1,2}\s*[.):]|[-*•])\s+(.*\S)\s*$")
+_REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i cannot|i can't|as an ai|as a language model|i'm unable|i am unable|cannot assist)\b", re.I)
+_MENTIONS_SOURCE = re.compile(r"\b(the|this|above|given|following) (passage|text|excerpt|document|paragraph)s?\b", re.I)
+MIN_PASSAGE_WORDS = 40
+
+
+def document_subarea(document: str, subareas: list[str]) -> str:
+    """The sub-area a document belongs to: the longest known sub-area its file name starts with."""
+    name = document.rsplit("/", 1)[-1].lower()
+    matches = [s for s in subareas if name.startswith(s.lower())]
+    return max(matches, key=len) if matches else "general"
+
+
+def sample_passages(chunks: list[dict], n: int, subareas: list[str], seed: int = 0) -> list[dict]:
+    """n chunks, taking sub-areas in turn and, within one, documents in turn (one chunk per visit)."""
+    rng = random.Random(seed)
+    by_area: dict[str, dict[str, list[dict]]] = {}
+    for c in chunks:
+        if len(c["text"].split()) >= MIN_PASSAGE_WORDS:
+            by_area.setdefault(document_subarea(c["document"], subareas), {}).setdefault(c["document"], []).append(c)
+    queues = {}
+    for area, docs in by_area.items():
+        names = list(docs)
+        rng.shuffle(names)
+        for d in names:
+            rng.shuffle(docs[d])
+        queues[area] = names
+    areas = sorted(by_area)
+    rng.shuffle(areas)
+    picked: list[dict] = []
+    while len(picked) < n and any(by_area[a][d] for a in areas for d in by_area[a]):
+        for area in areas:
+            docs = [d for d in queues[area] if by_area[area][d]]
+            if not docs or len(picked) >= n:
+                continue
+            doc = docs[0]
+            queues[area] = queues[area][1:] + queues[area][:1]  # rotate documents within the area
+            picked.append(dict(by_area[area][doc].pop(), subarea=area))
+    return picked
+
+
+def parse_instructions(reply: str) -> list[str]:
+    """Items of a numbered or bulleted list; a reply with no list but one line is taken as one item."""
+    items = [m.group(1).strip() for line in reply.splitlines() if (m := _NUMBERED.match(line))]
+    if not items:
+        lines = [ln.strip() for ln in reply.splitlines() if ln.strip()]
+        if len(lines) == 1:
+            items = lines
+    return [re.sub(r"^(instruction|question|task)\s*\d*\s*:\s*", "", i, flags=re.I).strip().strip('"*').strip() for i in items]
+
+
+_TASK_LABEL = re.compile(r"^\**(explain|compare|calculate|draft|classify|advise)\**\s*[:\-–]\s*(.+)$", re.I)
+
+
+def split_task_label(instruction: str) -> tuple[Optional[str], str]:
+    """'Compare: X and Y ...' -> ('compare', 'X and Y ...'); small generators often echo the task type."""
+    m = _TASK_LABEL.match(instruction)
+    if m:
+        rest = m.group(2).strip()
+        return m.group(1).lower(), rest[:1].upper() + rest[1:]
+    return None, instruction
+
+
+def copies_passage(instruction: str, passage: str, min_tokens: int = 8, ratio: float = 0.8) -> bool:
+    """True when most of the instruction is lifted from the passage in order (LCS over tokens)."""
+    inst, pas = tokenize(instruction), tokenize(passage)
+    if len(inst) < min_tokens:
+        return False
+    codes = {t: chr(0x100 + i) for i, t in enumerate(dict.fromkeys(inst + pas))}
+    lcs = LCSseq.similarity("".join(codes[t] for t in inst), "".join(codes[t] for t in pas))
+    return lcs / len(inst) >= ratio
+
+
+def quality_problem(instruction: str, passage: str, min_words: int = 4, max_words: int = 150) -> Optional[str]:
+    """Why an instruction is unusable, or None."""
+    words = instruction.split()
+    if len(words) < min_words:
+        return f"too short ({len(words)} words)"
+    if len(words) > max_words:
+        return f"too long ({len(words)} words)"
+    first = instruction[0]
+    if not first.isascii():
+        return "starts with a non-ASCII character"
+    if not first.isalnum():
+        return "starts with punctuation"
+    if _REFUSAL.search(instruction):
+        return "refusal"
+    if _MENTIONS_SOURCE.search(instruction):
+        return "refers to the passage (not self-contained)"
+    if instruction.rstrip()[-1] not in ".?!)\"'":
+        return "incomplete (does not end a sentence)"
+    if copies_passage(instruction, passage):
+        return "copies the passage"
+    return None
+
+
+def prompt_version(pack, name: str = "synthesis") -> str:
+    return hashlib.sha256(pack.prompt_path(name).read_bytes()).hexdigest()[:12]
+
+
+def synthesize(pack, passages: list[dict], generator, generator_name: str, per_passage: int, min_words: int = 4, max_words: int = 150) -> tuple[list[dict], list[dict]]:
+    """Return (candidates, rejected). Candidates still need the diversity filter."""
+    version = prompt_version(pack)
+    prompts = [[{"role": "user", "content": pack.render("synthesis", passage=p["text"], n=per_passage)}] for p in passages]
+    replies = generator.generate(prompts, description="synthesising instructions", return_errors=True)
+    candidates, rejected = [], []
+    for passage, reply in zip(passages, replies):
+        prov = provenance("synthesis", model=generator_name, document=passage["document"], chunk_id=passage["chunk_id"], passage_sha256=passage["sha256"], prompt_version=version)
+        base_id = f"syn-{passage['sha256'][:10]}"
+        if isinstance(reply, BaseException):
+            rejected.append({"id": base_id, "instruction": None, "reason": f"generator failed: {type(reply).__name__}: {reply}", "raw": None, "provenance": prov})
+            continue
+        items = parse_instructions(reply)
+        if not items:
+            rejected.append({"id": base_id, "instruction": None, "reason": "unparseable reply", "raw": reply, "provenance": prov})
+            continue
+        for k, item in enumerate(items[: per_passage * 2]):
+            task_type, text = split_task_label(item)
+            row = {"id": f"{base_id}-{k}", "instruction": text, "subarea": passage["subarea"], "task_type": task_type, "context": passage["text"], "provenance": prov}
+            problem = quality_problem(text, passage["text"], min_words, max_words)
+            if problem:
+                rejected.append(dict(row, reason=problem, raw=reply))
+            else:
+                candidates.append(row)
+    return candidates, rejected
