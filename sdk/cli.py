@@ -151,11 +151,13 @@ def packs_list(pack_path: List[Path] = typer.Option([], "--pack-path")):
     from sdk.packs import discover_packs
 
     table = Table(title="Domain packs")
-    for col in ("name", "aliases", "version", "docs", "seeds", "eval", "licence", "source"):
-        table.add_column(col)
+    for col in ("name", "aliases", "version", "docs", "words", "seeds", "eval", "licence", "source"):
+        table.add_column(col, justify="right" if col in ("docs", "words", "seeds", "eval") else "left")
     for pack in discover_packs(pack_path).values():
         s = pack.spec
-        table.add_row(s.name, ", ".join(s.aliases), s.version, str(len(pack.corpus_files())), str(len(pack.seeds())), str(len(pack.eval_rows())), s.licence, pack.source)
+        files = pack.corpus_files()
+        words = sum(len(f.read_text(encoding="utf-8", errors="replace").split()) for f in files)
+        table.add_row(s.name, ", ".join(s.aliases), s.version, str(len(files)), f"{words:,}", str(len(pack.seeds())), str(len(pack.eval_rows())), s.licence, pack.source)
     out.print(table)
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,10 @@ class Pipeline:
         from sdk.paths import cache_dir
 
         configured = self.recipe.knowledge.index_dir
-        return Path(configured) if configured else cache_dir() / "indexes" / self.pack.name
+        if configured:
+            return Path(configured)
+        corpus_key = hashlib.sha256(str(self.pack.corpus_dir()).encode()).hexdigest()[:8]
+        return cache_dir() / "indexes" / f"{self.pack.name}-{corpus_key}"
 
     def stage_ingest(self):
         from sdk.knowledge.ingest import IndexSettings, ingest
@@ -149,7 +153,7 @@ class Pipeline:
         kept = []
         if candidates:
             seeds = [r["instruction"] for r in seed_pool(self.pack, self.recipe.data.max_seeds, self.recipe.seed)]
-            embedder = load_embedder(None if self.recipe.knowledge.embedder == "all-MiniLM-L6-v2" else self.recipe.knowledge.embedder) if cur.cosine_threshold else None
+            embedder = load_embedder(self.recipe.knowledge.embedder) if cur.cosine_threshold else None
             decisions = filter_candidates(seeds, [c["instruction"] for c in candidates], cur.rouge_threshold, cur.cosine_threshold, embedder)
             for row, d in zip(candidates, decisions):
                 if d.kept:

@@ -53,6 +53,23 @@ def test_every_sample_carries_id_instruction_provenance(smoke_run):
     assert teacher_rows[0]["provenance"]["labeled_by"] == "SmolLM2-135M-Instruct"
 
 
+def test_pool_holds_synthesised_rows_pointing_at_real_chunks(smoke_run):
+    from sdk.knowledge.retrieve import Retriever  # noqa: F401  (the index is a real llama-index store)
+
+    result, _ = smoke_run
+    root = Path(result.run_dir)
+    knowledge = json.loads((root / "knowledge.json").read_text())
+    chunks = {json.loads(x)["chunk_id"]: json.loads(x) for x in (Path(knowledge["index_dir"]) / "chunks.jsonl").read_text().splitlines()}
+    synthesized = [json.loads(x) for x in (root / "iter_00/synthesized.jsonl").read_text().splitlines()]
+    rejected = [json.loads(x) for x in (root / "iter_00/synthesis_rejected.jsonl").read_text().splitlines()]
+    assert synthesized or rejected  # the stage ran on real passages
+    pool_ids = {json.loads(x)["id"] for x in (root / "iter_00/train_pool.jsonl").read_text().splitlines()}
+    for row in synthesized + rejected:
+        prov = row["provenance"]
+        assert chunks[prov["chunk_id"]]["sha256"] == prov["passage_sha256"]
+    assert {r["id"] for r in synthesized} <= pool_ids
+
+
 def test_metrics_hold_before_and_after(smoke_run):
     result, _ = smoke_run
     m = result.metrics
@@ -160,9 +177,22 @@ def test_killed_labeling_does_not_pay_twice(tmp_path):
         done = _cli("resume", str(run_dir))
         assert done.returncode == 0, done.stderr[-3000:]
         prompts = [r["messages"][-1]["content"] for r in server.requests]
-    assert 4 <= paid_before < 12
-    # every distinct prompt (8 seeds + 4 eval) was paid for once, except at most the chunk in flight at the kill
-    assert len(set(prompts)) == 12
+    pool = (run_dir / "iter_00/train_pool.jsonl").read_text().splitlines()
+    expected = len(pool) + 4  # the training pool (seeds + synthesised) and the 4 eval prompts
+    assert 4 <= paid_before < expected
+    # every distinct prompt was paid for once, except at most the chunk in flight at the kill
+    assert len(set(prompts)) == expected
     assert len(prompts) - len(set(prompts)) <= 4
     rows = [json.loads(x) for x in (run_dir / "iter_00/teacher.jsonl").read_text().splitlines()]
-    assert [r["status"] for r in rows] == ["ok"] * 8
+    assert [r["status"] for r in rows] == ["ok"] * len(pool)
+
+
+def test_scaffolded_pack_runs_with_pack_path(tmp_path):
+    """`distill packs new` makes a pack that validates and that a smoke run can use."""
+    new = _cli("packs", "new", "field-notes", "--path", str(tmp_path / "packs"))
+    assert new.returncode == 0, new.stderr
+    valid = _cli("packs", "validate", str(tmp_path / "packs" / "field-notes"))
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    result = sdk.distill(domain="field-notes", preset="smoke", run_dir=tmp_path / "run", pack_paths=[tmp_path / "packs"], data__max_eval=2, train__epochs=1)
+    assert result.metrics["domain"] == "field-notes" and result.metrics["data"]["eval_prompts"] == 2
+    assert (Path(result.student_path) / "config.json").is_file()

@@ -23,14 +23,19 @@ def embedded_embedder_dir() -> Path:
     return Path(spec.origin).parent / "model"
 
 
+def resolve_embedder(name_or_path: Optional[str] = None) -> str:
+    """The default name maps to the packaged folder (loaded offline); anything else is used as given."""
+    if name_or_path in (None, DEFAULT_EMBEDDER):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the packaged folder needs nothing from a hub
+        return str(embedded_embedder_dir())
+    return name_or_path
+
+
 @functools.lru_cache(maxsize=4)
 def load_sentence_transformer(name_or_path: Optional[str] = None):
     from sentence_transformers import SentenceTransformer
 
-    if name_or_path in (None, DEFAULT_EMBEDDER):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the packaged folder needs nothing from a hub
-        name_or_path = str(embedded_embedder_dir())
-    return SentenceTransformer(name_or_path, device="cpu" if not _cuda() else None)
+    return SentenceTransformer(resolve_embedder(name_or_path), device="cpu" if not _cuda() else None)
 
 
 def _cuda() -> bool:

@@ -26,6 +26,7 @@ from typing import Optional
 
 import numpy as np
 
+from sdk.knowledge.embeddings import DEFAULT_EMBEDDER
 from sdk.progress import log, progress_bar
 from sdk.store import atomic_write_json, atomic_write_jsonl, read_jsonl
 
@@ -37,7 +38,7 @@ INGEST_VERSION = 1  # bump when chunking or the stored layout changes
 class IndexSettings:
     chunk_size: int = 384
     chunk_overlap: int = 48
-    embedder: str = "all-MiniLM-L6-v2"
+    embedder: str = DEFAULT_EMBEDDER
     index_type: str = "auto"  # auto | flat | hnsw | ivf
     flat_max_vectors: int = 20000  # auto: flat up to this many chunks, HNSW beyond
     embed_batch_size: int = 64
@@ -140,10 +141,11 @@ def chunk_text(text: str, document: str, settings: IndexSettings) -> list[dict]:
 
 
 class _VectorCache:
-    def __init__(self, index_dir: Path):
+    def __init__(self, index_dir: Path, fresh: bool = False):
+        """The embedding cache in index_dir; `fresh` ignores what is on disk (settings changed)."""
         self.index_dir = index_dir
         keys_file = index_dir / "vectors_keys.json"
-        self.keys: list[str] = json.loads(keys_file.read_text()) if keys_file.exists() else []
+        self.keys: list[str] = json.loads(keys_file.read_text()) if keys_file.exists() and not fresh else []
         self.vectors = np.load(index_dir / "vectors.npy") if self.keys else None
         self.row = {k: i for i, k in enumerate(self.keys)}
 
@@ -251,13 +253,11 @@ def ingest(corpus_dir: str | Path, index_dir: str | Path, settings: Optional[Ind
 
         raise DistilleryError(f"no usable documents in {corpus_dir} ({len(summary.skipped)} skipped)")
 
-    cache = _VectorCache(index_dir) if same_settings else _VectorCache.__new__(_VectorCache)
-    if not same_settings:
-        cache.index_dir, cache.keys, cache.vectors, cache.row = index_dir, [], None, {}
+    cache = _VectorCache(index_dir, fresh=not same_settings)
     hashes = [c["sha256"] for c in chunks]
     todo = cache.missing(hashes)
     if todo:
-        embed = load_embedder(None if settings.embedder == "all-MiniLM-L6-v2" else settings.embedder, batch_size=settings.embed_batch_size)
+        embed = load_embedder(settings.embedder, batch_size=settings.embed_batch_size)
         text_of = {c["sha256"]: c["text"] for c in chunks}
         step = settings.embed_batch_size * 8
         with progress_bar("embedding chunks", len(todo)) as advance:
@@ -322,7 +322,6 @@ def _llama_embed_model(settings: IndexSettings):
     """llama-index's HuggingFaceEmbedding over the same sentence-transformers model (normalised)."""
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
-    from sdk.knowledge.embeddings import embedded_embedder_dir
+    from sdk.knowledge.embeddings import resolve_embedder
 
-    name = str(embedded_embedder_dir()) if settings.embedder == "all-MiniLM-L6-v2" else settings.embedder
-    return HuggingFaceEmbedding(model_name=name, normalize=True, device="cpu")
+    return HuggingFaceEmbedding(model_name=resolve_embedder(settings.embedder), normalize=True, device="cpu")
