@@ -24,12 +24,6 @@ from rouge_score import rouge_scorer
 from sdk.curation.diversity import filter_candidates
 
 VERBS = "explain compare describe summarise calculate classify draft list outline evaluate assess estimate contrast define justify".split()
-TOPICS = (
-    "insulin resistance|a breach of contract|the time value of money|Newton's second law|acute kidney injury|adverse possession|"
-    "bond duration|entropy in a closed system|atrial fibrillation|GDPR lawful bases|the capital asset pricing model|plate tectonics|"
-    "sepsis screening|negligence and duty of care|compound interest|the ideal gas law|asthma in children|unfair dismissal|"
-    "value at risk|photosynthesis|warfarin interactions|copyright infringement|a discounted cash flow model|radiometric dating"
-).split("|")
 FRAMES = [
     "{v} {t} for a {a}.",
     "{v} how {t} affects {t2} in practice.",
@@ -37,22 +31,32 @@ FRAMES = [
     "{v} the key differences between {t} and {t2}.",
     "In two paragraphs, {v} {t} for a {a} who is new to the field.",
     "What should a {a} know about {t}? {v} it briefly.",
+    "Why does {t} matter when {t2} changes?",
+    "Give three reasons {t} is often confused with {t2}.",
 ]
-AUDIENCES = "junior doctor|law student|first-year analyst|patient|client|physics teacher|trainee nurse|small business owner".split("|")
+SYLLABLES = "ka lo mi ne ru sa ti vo ze bra cle dro fen gal hor ist jun kel mor nal pel qua ros sut tem ung vor wex yal zor".split()
 
 
-def synthetic_instructions(n: int, rng: random.Random, near_copy_rate: float = 0.0, base: list[str] | None = None) -> list[str]:
+def make_vocabulary(rng: random.Random, size: int = 6000) -> list[str]:
+    """Pseudo-words of 2-4 syllables: enough distinct terms that random instructions rarely collide."""
+    words = set()
+    while len(words) < size:
+        words.add("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))))
+    return sorted(words)
+
+
+def synthetic_instructions(n: int, rng: random.Random, vocab: list[str], near_copy_rate: float = 0.0, base: list[str] | None = None) -> list[str]:
+    """Instruction-like sentences: templates filled with 1-3 word topics; optionally light edits of `base`."""
     out = []
     for _ in range(n):
         if base and rng.random() < near_copy_rate:  # a light edit of an existing instruction
             words = rng.choice(base).split()
-            words[rng.randrange(len(words))] = rng.choice(VERBS)
+            words[rng.randrange(len(words))] = rng.choice(vocab)
             out.append(" ".join(words))
             continue
-        frame = rng.choice(FRAMES)
-        t, t2 = rng.sample(TOPICS, 2)
-        text = frame.format(v=rng.choice(VERBS), t=t, t2=t2, a=rng.choice(AUDIENCES))
-        out.append(text[0].upper() + text[1:] + (f" Use {rng.randint(2, 9)} bullet points." if rng.random() < 0.5 else ""))
+        topic = lambda: " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 3)))  # noqa: E731
+        text = rng.choice(FRAMES).format(v=rng.choice(VERBS), t=topic(), t2=topic(), a=rng.choice(vocab))
+        out.append(text[0].upper() + text[1:] + (f" Use {rng.randint(2, 9)} bullet points." if rng.random() < 0.3 else ""))
     return out
 
 
@@ -94,8 +98,9 @@ def main() -> None:
     print(f"{'pool':>7} {'cands':>6} {'checked':>8} {'agree':>7} {'kept':>5} {'baseline ms/cand':>17} {'ours ms/cand':>13} {'speed-up':>9}")
     for size in args.pools:
         rng = random.Random(args.seed + size)
-        pool = synthetic_instructions(size, rng)
-        candidates = synthetic_instructions(args.candidates, rng, near_copy_rate=0.3, base=pool)
+        vocab = make_vocabulary(rng)
+        pool = synthetic_instructions(size, rng, vocab)
+        candidates = synthetic_instructions(args.candidates, rng, vocab, near_copy_rate=0.3, base=pool)
         sample = args.baseline_sample or (args.candidates if size <= 5000 else 40)
         sample = min(sample, args.candidates)
 

@@ -46,7 +46,7 @@ class _TokenCodec:
         return "".join(chars)
 
 
-def rouge_f(lcs: np.ndarray, len_cand: int, len_pool: np.ndarray) -> np.ndarray:
+def rouge_f(lcs: np.ndarray, len_cand, len_pool) -> np.ndarray:
     """rouge_score's F-measure, the same float expression: P = L/|c|, R = L/|p|, F = 2PR/(P+R)."""
     lcs = lcs.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):  # an empty text has L = 0: 0/0 is masked below
@@ -73,23 +73,29 @@ class RougeIndex:
     threshold: float = 0.7
     workers: int = -1
     codec: _TokenCodec = field(default_factory=_TokenCodec)
-    _lengths: list[int] = field(default_factory=list)  # sorted
+    _lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted
     _strings: list[str] = field(default_factory=list)  # same order as _lengths
     _labels: list[str] = field(default_factory=list)
 
+    def _window(self, shortest: int, longest: int) -> tuple[int, int]:
+        """Positions of texts whose length lets F reach the threshold for some query length in [shortest, longest]."""
+        t = self.threshold
+        lo = int(np.searchsorted(self._lengths, np.floor(shortest * t / (2 - t)), side="left"))
+        hi = int(np.searchsorted(self._lengths, np.ceil(longest * (2 - t) / t), side="right"))
+        return lo, hi
+
     def add(self, text: str, label: str) -> None:
         s = self.codec.encode(text)
-        pos = bisect.bisect_right(self._lengths, len(s))
-        self._lengths.insert(pos, len(s))
+        pos = int(np.searchsorted(self._lengths, len(s), side="right"))
+        self._lengths = np.insert(self._lengths, pos, len(s))
         self._strings.insert(pos, s)
         self._labels.insert(pos, label)
 
     def extend(self, texts: Sequence[str], labels: Sequence[str]) -> None:
-        encoded = sorted(zip((self.codec.encode(t) for t in texts), labels), key=lambda x: len(x[0]))
-        merged = sorted(list(zip(self._strings, self._labels)) + encoded, key=lambda x: len(x[0]))
+        merged = sorted(list(zip(self._strings, self._labels)) + [(self.codec.encode(t), lab) for t, lab in zip(texts, labels)], key=lambda x: len(x[0]))
         self._strings = [s for s, _ in merged]
         self._labels = [lab for _, lab in merged]
-        self._lengths = [len(s) for s in self._strings]
+        self._lengths = np.array([len(s) for s in self._strings], dtype=np.int64)
 
     def max_rouge(self, text: str) -> tuple[float, Optional[str]]:
         """Highest ROUGE-L F of `text` against the index among texts that could reach the threshold.
@@ -97,20 +103,28 @@ class RougeIndex:
         Pairs outside the length window cannot reach the threshold and are not scored, so a returned
         value below the threshold is a lower bound on the true maximum, never a wrong decision.
         """
-        s = self.codec.encode(text)
-        n = len(s)
-        if n == 0 or not self._strings:
-            return 0.0, None
-        t = self.threshold
-        lo = bisect.bisect_left(self._lengths, int(np.floor(n * t / (2 - t))))
-        hi = bisect.bisect_right(self._lengths, int(np.ceil(n * (2 - t) / t)))
-        if hi <= lo:
-            return 0.0, None
-        window = self._strings[lo:hi]
-        lcs = process.cdist([s], window, scorer=LCSseq.similarity, dtype=np.int32, workers=self.workers)[0]
-        f = rouge_f(lcs, n, np.asarray(self._lengths[lo:hi], dtype=np.float64))
-        best = int(np.argmax(f))
-        return float(f[best]), self._labels[lo + best]
+        scores, labels = self.max_rouge_many([text])
+        return scores[0], labels[0]
+
+    def max_rouge_many(self, texts: Sequence[str], chunk: int = 64) -> tuple[list[float], list[Optional[str]]]:
+        """max_rouge for many texts: sorted by length and scored in chunks, one cdist call per chunk."""
+        encoded = [self.codec.encode(t) for t in texts]
+        scores: list[float] = [0.0] * len(texts)
+        labels: list[Optional[str]] = [None] * len(texts)
+        order = sorted((i for i, s in enumerate(encoded) if s), key=lambda i: len(encoded[i]))
+        for start in range(0, len(order), chunk):
+            rows = order[start : start + chunk]
+            lo, hi = self._window(len(encoded[rows[0]]), len(encoded[rows[-1]]))
+            if hi <= lo:
+                continue
+            lcs = process.cdist([encoded[i] for i in rows], self._strings[lo:hi], scorer=LCSseq.similarity, dtype=np.int32, workers=self.workers)
+            cand_len = np.array([len(encoded[i]) for i in rows], dtype=np.float64)[:, None]
+            f = rouge_f(lcs, cand_len, self._lengths[lo:hi].astype(np.float64)[None, :])  # (rows, window)
+            best = f.argmax(axis=1)
+            for r, i in enumerate(rows):
+                scores[i] = float(f[r, best[r]])
+                labels[i] = self._labels[lo + int(best[r])]
+        return scores, labels
 
 
 class DiversityFilter:
@@ -169,7 +183,21 @@ def filter_candidates(pool: Sequence[str], candidates: Sequence[str], rouge_thre
     """
     filt = DiversityFilter(pool, rouge_threshold, cosine_threshold, embedder, workers)
     vectors = embedder(list(candidates)) if embedder is not None and cosine_threshold is not None and candidates else None
-    return [filt.check(c, None if vectors is None else vectors[i], f"cand:{i}") for i, c in enumerate(candidates)]
+    # Scores against the fixed pool do not depend on earlier decisions: compute them in one batched pass,
+    # then decide in order, checking each candidate only against the (few) candidates kept before it.
+    pool_scores, pool_matches = filt.rouge.max_rouge_many(candidates)
+    kept = RougeIndex(threshold=rouge_threshold, workers=workers, codec=filt.rouge.codec)
+    filt.rouge = kept
+    decisions = []
+    for i, c in enumerate(candidates):
+        if pool_scores[i] >= rouge_threshold:
+            decisions.append(Decision(False, "rouge", pool_scores[i], match=pool_matches[i]))
+            continue
+        d = filt.check(c, None if vectors is None else vectors[i], f"cand:{i}")
+        if d.max_rouge < pool_scores[i]:
+            d.max_rouge, d.match = pool_scores[i], pool_matches[i]
+        decisions.append(d)
+    return decisions
 
 
 def _read_instructions(path: Path) -> tuple[list[str], list[str]]:
