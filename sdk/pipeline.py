@@ -149,7 +149,8 @@ class Pipeline:
             subareas = sorted({s.subarea for s in self.pack.seeds()})
             passages = sample_passages(chunks, cur.passages, subareas, self.recipe.seed)
             generator_name = describe(self.recipe.models.generator, self.recipe.models)
-            candidates, rejected = synthesize(self.pack, passages, self.model("generator"), generator_name, cur.per_passage, cur.min_words, cur.max_words)
+            journal = self.store.journal(f"{ITER}/synthesis.partial.jsonl")
+            candidates, rejected = synthesize(self.pack, passages, self.model("generator"), generator_name, cur.per_passage, cur.min_words, cur.max_words, journal=journal)
         kept = []
         if candidates:
             seeds = [r["instruction"] for r in seed_pool(self.pack, self.recipe.data.max_seeds, self.recipe.seed)]
@@ -162,7 +163,9 @@ class Pipeline:
                     score = d.max_cosine if d.reason == "cosine" else d.max_rouge
                     rejected.append(dict(row, reason=f"too similar ({d.reason} {score:.2f} to {d.match})"))
         log(f"synthesised {len(kept)} instructions ({len(rejected)} rejected, reasons in {ITER}/synthesis_rejected.jsonl)")
-        return [self.store.write_jsonl(f"{ITER}/synthesized.jsonl", kept), self.store.write_jsonl(f"{ITER}/synthesis_rejected.jsonl", rejected)]
+        outputs = [self.store.write_jsonl(f"{ITER}/synthesized.jsonl", kept), self.store.write_jsonl(f"{ITER}/synthesis_rejected.jsonl", rejected)]
+        self.store.journal(f"{ITER}/synthesis.partial.jsonl").remove()
+        return outputs
 
     def stage_pool(self):
         pool = seed_pool(self.pack, self.recipe.data.max_seeds, self.recipe.seed) + self.store.read_jsonl(f"{ITER}/synthesized.jsonl")

@@ -65,14 +65,22 @@ def iter_jsonl(path: Path, tolerate_torn_tail: bool = False) -> Iterator[dict]:
 class Journal:
     """Append-only JSONL of finished rows keyed by `id`, flushed row by row."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path | None):
+        self.path = Path(path) if path is not None else None
         self.done: dict[str, dict] = {}
-        if self.path.exists():
+        if self.path is not None and self.path.exists():
             for row in iter_jsonl(self.path, tolerate_torn_tail=True):
                 self.done[row["id"]] = row
 
+    @classmethod
+    def in_memory(cls) -> "Journal":
+        """A journal that keeps rows for this process only (nothing to resume from)."""
+        return cls(None)
+
     def append(self, rows: Iterable[dict]) -> None:
+        if self.path is None:
+            self.done.update((row["id"], row) for row in rows)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             for row in rows:
@@ -82,7 +90,8 @@ class Journal:
             os.fsync(fh.fileno())
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 class RunStore:

@@ -133,3 +133,14 @@ def test_cli_filter_bad_line_names_file_and_line(tmp_path):
     pool.write_text('{"instruction": "ok"}\n{"text": "no instruction field"}\n')
     proc = subprocess.run(distill_cmd() + ["filter", "--pool", str(pool), "--candidates", str(pool), "--out", str(tmp_path / "o.jsonl")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "pool.jsonl:2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_streaming_check_agrees_with_batched_filter():
+    from sdk.curation.diversity import DiversityFilter
+
+    rng = random.Random(7)
+    pool = [random_sentence(rng) for _ in range(200)]
+    candidates = [random_sentence(rng) for _ in range(80)] + [p + " why" for p in rng.sample(pool, 30)]
+    batched = [d.kept for d in filter_candidates(pool, candidates, cosine_threshold=None)]
+    stream = DiversityFilter(pool, cosine_threshold=None)
+    assert [stream.check(c).kept for c in candidates] == batched == reference_decisions(pool, candidates, 0.7)

@@ -96,3 +96,17 @@ def test_synthesis_rows_carry_provenance_and_keep_raw_failures(tmp_path):
     assert any("too short" in r for r in reasons) and "unparseable reply" in reasons
     unparsed = next(r for r in rejected if r["reason"] == "unparseable reply")
     assert unparsed["raw"] == "no list here\nat all" and unparsed["instruction"] is None
+
+
+def test_journaled_replies_are_not_asked_again(tmp_path):
+    from sdk.store import Journal
+
+    pack = load_pack_dir(TINY_PACKS / "tiny")
+    passages = [{"chunk_id": f"d{i}.md#0", "document": f"d{i}.md", "text": PASSAGE, "sha256": str(i) * 64, "subarea": "general"} for i in range(3)]
+    first = CannedGenerator(["1. Explain why antibiotics cannot cure a cold.", "1. Compare bacteria and viruses by how they replicate."])
+    journal = Journal(tmp_path / "synthesis.partial.jsonl")
+    synthesize(pack, passages[:2], first, "g", per_passage=1, journal=journal)
+    second = CannedGenerator(["1. Describe how a virus enters a host cell."])
+    kept, _ = synthesize(pack, passages, second, "g", per_passage=1, journal=Journal(tmp_path / "synthesis.partial.jsonl"))
+    assert second.replies == []  # asked once, for the one new passage
+    assert [k["instruction"] for k in kept] == ["Explain why antibiotics cannot cure a cold.", "Compare bacteria and viruses by how they replicate.", "Describe how a virus enters a host cell."]

@@ -122,28 +122,47 @@ def prompt_version(pack, name: str = "synthesis") -> str:
     return hashlib.sha256(pack.prompt_path(name).read_bytes()).hexdigest()[:12]
 
 
-def synthesize(pack, passages: list[dict], generator, generator_name: str, per_passage: int, min_words: int = 4, max_words: int = 150) -> tuple[list[dict], list[dict]]:
-    """Return (candidates, rejected). Candidates still need the diversity filter."""
+def synthesize(pack, passages: list[dict], generator, generator_name: str, per_passage: int, min_words: int = 4, max_words: int = 150, journal=None) -> tuple[list[dict], list[dict]]:
+    """Return (candidates, rejected). Candidates still need the diversity filter.
+
+    With a `journal` (sdk.store.Journal), each generator reply is recorded as it arrives, so a resumed
+    run does not ask the generator again for passages it already answered.
+    """
+    from sdk.store import Journal
+
     version = prompt_version(pack)
-    prompts = [[{"role": "user", "content": pack.render("synthesis", passage=p["text"], n=per_passage)}] for p in passages]
-    replies = generator.generate(prompts, description="synthesising instructions", return_errors=True)
+    journal = journal if journal is not None else Journal.in_memory()
+    ids = [f"syn-{hashlib.sha256(p['chunk_id'].encode()).hexdigest()[:10]}" for p in passages]  # chunk ids are unique
+    todo = [i for i, pid in enumerate(ids) if pid not in journal.done]
+    if todo:
+
+        def record(start: int, outputs: list) -> None:
+            rows = []
+            for i, out in zip(todo[start : start + len(outputs)], outputs):
+                failed = isinstance(out, BaseException)
+                rows.append({"id": ids[i], "reply": None if failed else out, "error": f"{type(out).__name__}: {out}" if failed else None})
+            journal.append(rows)
+
+        prompts = [[{"role": "user", "content": pack.render("synthesis", passage=passages[i]["text"], n=per_passage)}] for i in todo]
+        generator.generate(prompts, description="synthesising instructions", on_chunk=record, return_errors=True)
+
     candidates, rejected = [], []
-    for passage, reply in zip(passages, replies):
+    for passage, base_id in zip(passages, ids):
         prov = provenance("synthesis", model=generator_name, document=passage["document"], chunk_id=passage["chunk_id"], passage_sha256=passage["sha256"], prompt_version=version)
-        base_id = f"syn-{passage['sha256'][:10]}"
-        if isinstance(reply, BaseException):
-            rejected.append({"id": base_id, "instruction": None, "reason": f"generator failed: {type(reply).__name__}: {reply}", "raw": None, "provenance": prov})
+        reply = journal.done[base_id]
+        if reply["error"]:
+            rejected.append({"id": base_id, "instruction": None, "reason": f"generator failed: {reply['error']}", "raw": None, "provenance": prov})
             continue
-        items = parse_instructions(reply)
+        items = parse_instructions(reply["reply"])
         if not items:
-            rejected.append({"id": base_id, "instruction": None, "reason": "unparseable reply", "raw": reply, "provenance": prov})
+            rejected.append({"id": base_id, "instruction": None, "reason": "unparseable reply", "raw": reply["reply"], "provenance": prov})
             continue
         for k, item in enumerate(items[: per_passage * 2]):
             task_type, text = split_task_label(item)
             row = {"id": f"{base_id}-{k}", "instruction": text, "subarea": passage["subarea"], "task_type": task_type, "context": passage["text"], "provenance": prov}
             problem = quality_problem(text, passage["text"], min_words, max_words)
             if problem:
-                rejected.append(dict(row, reason=problem, raw=reply))
+                rejected.append(dict(row, reason=problem, raw=reply["reply"]))
             else:
                 candidates.append(row)
     return candidates, rejected
