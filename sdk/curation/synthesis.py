@@ -22,7 +22,7 @@ from rapidfuzz.distance import LCSseq
 from sdk.curation.seeds import provenance
 from sdk.rouge import tokenize
 
-_NUMBERED = re.compile(r"^\s*(?:\d{1,2}\s*[.):]|[-*•])\s+(.*\S)\s*$")
+_NUMBERED = re.compile(r"^\s*(?:#{1,6}\s*)?(?:\d{1,2}\s*[.):]|[-*•])\s+(.*\S)\s*$")  # '1. x', '2) x', '- x', '### 3. x'
 _REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i cannot|i can't|as an ai|as a language model|i'm unable|i am unable|cannot assist)\b", re.I)
 _MENTIONS_SOURCE = re.compile(r"\b(the|this|above|given|following) (passage|text|excerpt|document|paragraph)s?\b", re.I)
 MIN_PASSAGE_WORDS = 40

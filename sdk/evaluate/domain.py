@@ -63,7 +63,8 @@ def score_answers(
         return round(mean(values), 4) if values else None
 
     summary = {k: avg(k) for k in ("rougeL_vs_teacher", "rougeL_vs_reference", "key_point_recall", "answer_tokens")}
-    summary["teacher_loglik"] = avg("teacher_loglik") if teacher_loglik is not None else None
+    summary["teacher_loglik"] = avg("teacher_loglik") if teacher_loglik is not None else None  # over non-empty answers
+    summary["empty_answers"] = sum(i["answer_tokens"] == 0 for i in items)
     summary["n"] = len(items)
     return {"summary": summary, "items": items}
 

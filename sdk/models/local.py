@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -57,11 +56,11 @@ class LocalChatModel(ChatBackend):
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         return [t.strip() for t in tok.batch_decode(new_tokens, skip_special_tokens=True)]
 
-    def loglik(self, conversations: Sequence[Messages], answers: Sequence[str], batch_size: int = 8) -> list[float]:
+    def loglik(self, conversations: Sequence[Messages], answers: Sequence[str], batch_size: int = 8) -> list[float | None]:
         """Mean per-token log-likelihood of each answer given its conversation, under this model.
 
         score = (1/|a|) * sum_t log p(a_t | prompt, a_<t), over the answer tokens only.
-        An empty answer scores -inf.
+        An empty answer has no score (None).
         """
         import torch
 
@@ -88,5 +87,5 @@ class LocalChatModel(ChatBackend):
             count = m.sum(-1)
             total = (token_lp * m).sum(-1)
             for c, s in zip(count.tolist(), total.tolist()):
-                scores.append(s / c if c > 0 else -math.inf)
+                scores.append(s / c if c > 0 else None)
         return scores

@@ -11,6 +11,7 @@ EVAL_ROWS = [
     ("rougeL_vs_reference", "ROUGE-L vs reference", True),
     ("key_point_recall", "key-point recall", True),
     ("answer_tokens", "answer length (tokens)", None),
+    ("empty_answers", "empty answers", False),
 ]
 
 
