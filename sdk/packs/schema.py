@@ -18,6 +18,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+def _reject_duplicates(names: list[str], what: str) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"duplicate {what} name(s): {', '.join(dupes)}")
+
+
 class CorpusSettings(_Strict):
     path: str = Field(..., description="folder of documents, relative to the pack folder")
     extensions: list[str] = Field(default_factory=lambda: [".md", ".txt", ".html"])
@@ -48,10 +54,7 @@ class RefereeSettings(_Strict):
     @field_validator("criteria")
     @classmethod
     def _weights(cls, criteria: list[Criterion]):
-        names = [c.name for c in criteria]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate criterion name(s): {', '.join(dupes)}")
+        _reject_duplicates([c.name for c in criteria], "criterion")
         total = sum(c.weight for c in criteria)
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"criterion weights must sum to 1.0, got {total:.4g}")
@@ -110,10 +113,7 @@ class PackSpec(_Strict):
     @field_validator("verifiers")
     @classmethod
     def _unique_verifiers(cls, verifiers: list[VerifierRef]):
-        names = [v.name for v in verifiers]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate verifier name(s): {', '.join(dupes)}")
+        _reject_duplicates([v.name for v in verifiers], "verifier")
         return verifiers
 
 
