@@ -31,6 +31,20 @@ def make_pdf(text_lines: list[str]) -> bytes:
     return out
 
 
+def make_docx(paragraphs: list[str]) -> bytes:
+    """A minimal .docx (a zip holding word/document.xml), enough for docx2txt."""
+    import io
+    import zipfile
+
+    body = "".join(f"<w:p><w:r><w:t>{p}</w:t></w:r></w:p>" for p in paragraphs)
+    xml = f'<?xml version="1.0" encoding="UTF-8"?><w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"><w:body>{body}</w:body></w:document>'
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"/>')
+        z.writestr("word/document.xml", xml)
+    return buf.getvalue()
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
@@ -38,6 +52,7 @@ def corpus(tmp_path_factory):
     (root / "tides.txt").write_text("Tides are caused mainly by the gravitational pull of the Moon on the oceans, with a smaller contribution from the Sun. " * 3)
     (root / "bees.html").write_text("<!DOCTYPE html><html><head><title>Bees</title><script>var x = 'ignore me';</script></head><body><h1>Bees</h1><p>Honey bees communicate the direction of flowers with the waggle dance performed inside the hive.</p></body></html>")
     (root / "glaciers.pdf").write_bytes(make_pdf(["Glaciers carve U-shaped valleys as they move downhill.", "Moraines are ridges of rock debris left by a glacier."]))
+    (root / "coral.docx").write_bytes(make_docx(["Coral reefs are built by colonies of tiny animals called polyps.", "Reef-building corals host algae that photosynthesise."]))
     (root / "empty.md").write_text("")
     (root / "blob.txt").write_bytes(bytes(range(256)) * 8)
     (root / "latin1.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e".encode("latin-1"))
@@ -62,13 +77,13 @@ def test_bad_files_are_skipped_by_name(index, corpus):
     assert "unreadable" in skipped["truncated.pdf"]
     for name in skipped:
         assert any(name in w for w in warned)
-    assert summary.files_indexed == 4 and summary.chunks >= 4
+    assert summary.files_indexed == 5 and summary.chunks >= 5
 
 
 def test_retrieve_finds_the_answering_passage(index):
     index_dir, _, _ = index
     r = Retriever(index_dir)
-    for query, doc in [("what causes ocean tides", "tides.txt"), ("how do bees tell others where flowers are", "bees.html"), ("how are U-shaped valleys formed", "glaciers.pdf"), ("layers of lava and tephra", "volcanoes.md")]:
+    for query, doc in [("what builds coral reefs", "coral.docx"), ("what causes ocean tides", "tides.txt"), ("how do bees tell others where flowers are", "bees.html"), ("how are U-shaped valleys formed", "glaciers.pdf"), ("layers of lava and tephra", "volcanoes.md")]:
         top = r.retrieve(query, k=2)
         assert top[0].document == doc, (query, top)
         assert top[0].chunk_id.startswith(doc + "#") and 0 < top[0].score <= 1.0001
@@ -79,7 +94,7 @@ def test_reingest_unchanged_embeds_nothing_and_new_file_embeds_only_its_chunks(i
     index_dir, first, _ = index
     with pytest.warns(UserWarning):
         again = ingest(corpus, index_dir, IndexSettings(chunk_size=64, chunk_overlap=8))
-    assert again.chunks_embedded == 0 and again.files_reused == 4 and again.chunks == first.chunks
+    assert again.chunks_embedded == 0 and again.files_reused == 5 and again.chunks == first.chunks
     (corpus / "deserts.md").write_text("Deserts receive less than 250 millimetres of precipitation a year on average. " * 2)
     with pytest.warns(UserWarning):
         grown = ingest(corpus, index_dir, IndexSettings(chunk_size=64, chunk_overlap=8))
