@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -156,7 +157,7 @@ def packs_list(pack_path: List[Path] = typer.Option([], "--pack-path")):
     for pack in discover_packs(pack_path).values():
         s = pack.spec
         files = pack.corpus_files()
-        words = sum(len(f.read_text(encoding="utf-8", errors="replace").split()) for f in files)
+        words = sum(len(re.sub(r"<[^>]+>", " ", f.read_text(encoding="utf-8", errors="replace")).split()) for f in files)  # HTML tags are not words
         table.add_row(s.name, ", ".join(s.aliases), s.version, str(len(files)), f"{words:,}", str(len(pack.seeds())), str(len(pack.eval_rows())), s.licence, pack.source)
     out.print(table)
 
