@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdk.config import Recipe
+from sdk.errors import DistilleryError
 from sdk.curation.labeling import label_rows
-from sdk.curation.seeds import seed_pool
+from sdk.curation.seeds import provenance, seed_pool
 from sdk.evaluate.domain import answer_conversations, clean_answer, score_answers
 from sdk.models import describe, load_chat_model, load_local
 from sdk.models.local import LocalChatModel
@@ -184,11 +185,11 @@ class Pipeline:
         rows = [r.model_dump() for r in self.pack.eval_rows()]
         return rows[: self.recipe.data.max_eval] if self.recipe.data.max_eval else rows
 
+    def _eval_provenance(self, stage: str, model: str | None = None) -> dict:
+        return provenance(stage, model=model, document=f"{self.pack.name}/{self.pack.spec.eval.path}")
+
     def stage_eval_teacher(self):
-        rows = [
-            {"id": r["id"], "instruction": r["instruction"], "provenance": {"document": f"{self.pack.name}/{self.pack.spec.eval.path}", "chunk_id": None, "stage": "eval", "model": None}}
-            for r in self._eval_rows()
-        ]
+        rows = [{"id": r["id"], "instruction": r["instruction"], "provenance": self._eval_provenance("eval")} for r in self._eval_rows()]
         journal = self.store.journal("eval/teacher.partial.jsonl")
         labeled = label_rows(rows, self.teacher, self.teacher_name(), self.pack.spec.system_prompt, journal, description="teacher answers eval set")
         path = self.store.write_jsonl("eval/teacher.jsonl", labeled)
@@ -203,16 +204,10 @@ class Pipeline:
             answer_conversations(self.pack.spec.system_prompt, [r["instruction"] for r in eval_rows]),
             description=f"student answers eval set ({tag})",
         )
-        out = []
-        for row, answer in zip(eval_rows, answers):
-            out.append(
-                {
-                    "id": row["id"],
-                    "instruction": row["instruction"],
-                    "answer": clean_answer(answer),
-                    "provenance": {"document": f"{self.pack.name}/{self.pack.spec.eval.path}", "chunk_id": None, "stage": f"eval_{tag}", "model": student.name},
-                }
-            )
+        out = [
+            {"id": row["id"], "instruction": row["instruction"], "answer": clean_answer(answer), "provenance": self._eval_provenance(f"eval_{tag}", student.name)}
+            for row, answer in zip(eval_rows, answers)
+        ]
         if isinstance(self.teacher, LocalChatModel):
             convs = answer_conversations(self.pack.spec.system_prompt, [r["instruction"] for r in out])
             for row, ll in zip(out, self.teacher.loglik(convs, [r["answer"] for r in out])):
@@ -226,7 +221,7 @@ class Pipeline:
 
         rows = [r for r in self.store.read_jsonl(f"{ITER}/teacher.jsonl") if r["status"] == "ok"]
         if not rows:
-            raise RuntimeError("no usable teacher answers to train on (see iter_00/teacher.jsonl for reasons)")
+            raise DistilleryError(f"no usable teacher answers to train on (see {self.store.path(ITER, 'teacher.jsonl')} for the reasons)")
         model, tokenizer = load_local(self.recipe.models.student, self.recipe.models)
         model, metrics = train_sft(model, tokenizer, rows, self.pack.spec.system_prompt, self.recipe.train, self.store.path(ITER, "checkpoints"), self.recipe.seed)
         path = save_student(model, tokenizer, self.store.path("student"))
