@@ -54,6 +54,8 @@ def corpus(tmp_path_factory):
     (root / "glaciers.pdf").write_bytes(make_pdf(["Glaciers carve U-shaped valleys as they move downhill.", "Moraines are ridges of rock debris left by a glacier."]))
     (root / "coral.docx").write_bytes(make_docx(["Coral reefs are built by colonies of tiny animals called polyps.", "Reef-building corals host algae that photosynthesise."]))
     (root / "empty.md").write_text("")
+    (root / "image.bin").write_bytes(bytes(range(256)))
+    (root / ".hidden.md").write_text("not part of the corpus")
     (root / "blob.txt").write_bytes(bytes(range(256)) * 8)
     (root / "latin1.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e".encode("latin-1"))
     (root / "truncated.pdf").write_bytes(make_pdf(["This PDF is cut off."])[:120])
@@ -71,7 +73,8 @@ def index(corpus, tmp_path_factory):
 def test_bad_files_are_skipped_by_name(index, corpus):
     _, summary, warned = index
     skipped = {s["file"].rsplit("/", 1)[-1]: s["reason"] for s in summary.skipped}
-    assert set(skipped) == {"empty.md", "blob.txt", "latin1.txt", "truncated.pdf"}
+    assert set(skipped) == {"empty.md", "blob.txt", "latin1.txt", "truncated.pdf", "image.bin"}
+    assert "unsupported file type '.bin'" in skipped["image.bin"]
     assert skipped["empty.md"] == "empty file"
     assert "binary" in skipped["blob.txt"] and "UTF-8" in skipped["latin1.txt"]
     assert "unreadable" in skipped["truncated.pdf"]

@@ -99,10 +99,12 @@ def read_document(path: Path, readers: dict) -> str:
     """Text of one file through llama-index, or ValueError with the reason it cannot be used."""
     from llama_index.core import SimpleDirectoryReader
 
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_EXTENSIONS:
+        raise ValueError(f"unsupported file type '{suffix or path.name}' (supported: {', '.join(SUPPORTED_EXTENSIONS)})")
     data = path.read_bytes()
     if not data.strip():
         raise ValueError("empty file")
-    suffix = path.suffix.lower()
     if suffix in (".md", ".txt", ".html", ".htm"):
         if _looks_binary(data):
             raise ValueError("binary content in a text file")
@@ -127,7 +129,8 @@ def read_document(path: Path, readers: dict) -> str:
 
 
 def list_corpus(corpus_dir: Path) -> list[Path]:
-    return sorted(p for p in corpus_dir.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUPPORTED_EXTENSIONS)
+    """Every non-hidden file under corpus_dir; unsupported types are reported as skipped, not ignored."""
+    return sorted(p for p in corpus_dir.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(corpus_dir).parts))
 
 
 def chunk_text(text: str, document: str, settings: IndexSettings) -> list[dict]:
