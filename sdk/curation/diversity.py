@@ -10,13 +10,13 @@ Speed, for pools of 10^4-10^5 instructions:
     and rapidfuzz's bit-parallel C++ LCSseq computes the LCS of token sequences;
   - F = 2PR/(P+R) with P = L/|c|, R = L/|p| is at most 2*min(|c|,|p|)/(|c|+|p|), so only pool texts whose
     length lies in [t/(2-t) * |c|, (2-t)/t * |c|] can reach the threshold t; the pool is sorted by length
-    and each candidate compares against that window only;
-  - the window is scored in one multi-threaded `process.cdist` call.
+    and candidates, sorted by length too, are scored in chunks against their chunk's window only;
+  - each chunk is one multi-threaded `process.cdist` call; scores against the fixed pool are computed
+    up front, and each candidate is then checked in order against the few candidates kept before it.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ from rapidfuzz.distance import LCSseq
 from sdk.rouge import tokenize
 
 
-class _TokenCodec:
+class TokenCodec:
     """Maps tokens to distinct code points (skipping the surrogate range) so token lists become strings."""
 
     def __init__(self):
@@ -72,7 +72,7 @@ class RougeIndex:
 
     threshold: float = 0.7
     workers: int = -1
-    codec: _TokenCodec = field(default_factory=_TokenCodec)
+    codec: TokenCodec = field(default_factory=TokenCodec)
     _lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted
     _strings: list[str] = field(default_factory=list)  # same order as _lengths
     _labels: list[str] = field(default_factory=list)

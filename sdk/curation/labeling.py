@@ -24,26 +24,19 @@ def label_rows(rows: list[dict], teacher, teacher_name: str, system_prompt: str,
     With use_context, rows that carry a `context` passage are answered with it (the student is later
     trained on the bare instruction, so the grounding is distilled into it).
     """
-    todo = [r for r in rows if r["id"] not in journal.done]
-    if todo:
 
-        def record(start: int, outputs: list) -> None:
-            finished = []
-            for row, out in zip(todo[start : start + len(outputs)], outputs):
-                labeled = dict(row, provenance=dict(row.get("provenance", {}), labeled_by=teacher_name, teacher_saw_passage=bool(use_context and row.get("context"))))
-                if isinstance(out, BaseException):
-                    labeled.update(answer=None, status="failed", error=f"{type(out).__name__}: {out}")
-                elif not clean_answer(out):
-                    labeled.update(answer=None, status="failed", error="empty answer")
-                else:
-                    labeled.update(answer=clean_answer(out), status="ok")
-                finished.append(labeled)
-            journal.append(finished)
+    def to_row(i: int, out) -> dict:
+        row = rows[i]
+        labeled = dict(row, provenance=dict(row.get("provenance", {}), labeled_by=teacher_name, teacher_saw_passage=bool(use_context and row.get("context"))))
+        answer = None if isinstance(out, BaseException) else clean_answer(out)
+        if answer is None:
+            labeled.update(answer=None, status="failed", error=f"{type(out).__name__}: {out}")
+        elif not answer:
+            labeled.update(answer=None, status="failed", error="empty answer")
+        else:
+            labeled.update(answer=answer, status="ok")
+        return labeled
 
-        teacher.generate(
-            answer_conversations(system_prompt, [teacher_prompt(r, use_context) for r in todo]),
-            description=description,
-            on_chunk=record,
-            return_errors=True,
-        )
+    conversations = answer_conversations(system_prompt, [teacher_prompt(r, use_context) for r in rows])
+    teacher.generate_journaled([r["id"] for r in rows], conversations, journal, to_row, description)
     return [journal.done[r["id"]] for r in rows]

@@ -19,8 +19,8 @@ from typing import Optional
 
 from rapidfuzz.distance import LCSseq
 
+from sdk.curation.diversity import TokenCodec
 from sdk.curation.seeds import provenance
-from sdk.rouge import tokenize
 
 _NUMBERED = re.compile(r"^\s*(?:#{1,6}\s*)?(?:\d{1,2}\s*[.):]|[-*•])\s+(.*\S)\s*$")  # '1. x', '2) x', '- x', '### 3. x'
 _REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i cannot|i can't|as an ai|as a language model|i'm unable|i am unable|cannot assist)\b", re.I)
@@ -87,12 +87,11 @@ def split_task_label(instruction: str) -> tuple[Optional[str], str]:
 
 def copies_passage(instruction: str, passage: str, min_tokens: int = 8, ratio: float = 0.8) -> bool:
     """True when most of the instruction is lifted from the passage in order (LCS over tokens)."""
-    inst, pas = tokenize(instruction), tokenize(passage)
+    codec = TokenCodec()
+    inst, pas = codec.encode(instruction), codec.encode(passage)
     if len(inst) < min_tokens:
         return False
-    codes = {t: chr(0x100 + i) for i, t in enumerate(dict.fromkeys(inst + pas))}
-    lcs = LCSseq.similarity("".join(codes[t] for t in inst), "".join(codes[t] for t in pas))
-    return lcs / len(inst) >= ratio
+    return LCSseq.similarity(inst, pas) / len(inst) >= ratio
 
 
 def quality_problem(instruction: str, passage: str, min_words: int = 4, max_words: int = 150) -> Optional[str]:
@@ -133,18 +132,13 @@ def synthesize(pack, passages: list[dict], generator, generator_name: str, per_p
     version = prompt_version(pack)
     journal = journal if journal is not None else Journal.in_memory()
     ids = [f"syn-{hashlib.sha256(p['chunk_id'].encode()).hexdigest()[:10]}" for p in passages]  # chunk ids are unique
-    todo = [i for i, pid in enumerate(ids) if pid not in journal.done]
-    if todo:
 
-        def record(start: int, outputs: list) -> None:
-            rows = []
-            for i, out in zip(todo[start : start + len(outputs)], outputs):
-                failed = isinstance(out, BaseException)
-                rows.append({"id": ids[i], "reply": None if failed else out, "error": f"{type(out).__name__}: {out}" if failed else None})
-            journal.append(rows)
+    def to_row(i: int, out) -> dict:
+        failed = isinstance(out, BaseException)
+        return {"id": ids[i], "reply": None if failed else out, "error": f"{type(out).__name__}: {out}" if failed else None}
 
-        prompts = [[{"role": "user", "content": pack.render("synthesis", passage=passages[i]["text"], n=per_passage)}] for i in todo]
-        generator.generate(prompts, description="synthesising instructions", on_chunk=record, return_errors=True)
+    prompts = [[{"role": "user", "content": pack.render("synthesis", passage=p["text"], n=per_passage)}] for p in passages]
+    generator.generate_journaled(ids, prompts, journal, to_row, "synthesising instructions")
 
     candidates, rejected = [], []
     for passage, base_id in zip(passages, ids):

@@ -51,3 +51,25 @@ class ChatBackend:
                 results.extend(outputs)
                 advance(len(outputs))
         return results
+
+    def generate_journaled(
+        self,
+        keys: Sequence[str],
+        conversations: Sequence[Messages],
+        journal,
+        to_row: Callable[[int, object], dict],
+        description: str = "generating",
+    ) -> None:
+        """Answer the conversations whose key is not yet in `journal` (an sdk.store.Journal).
+
+        After each chunk, `to_row(index, output)` of every answered conversation is appended to the
+        journal (output is the reply, or its Exception), so a resumed caller pays only for the rest.
+        """
+        todo = [i for i, key in enumerate(keys) if key not in journal.done]
+        if not todo:
+            return
+
+        def record(start: int, outputs: list) -> None:
+            journal.append([to_row(i, out) for i, out in zip(todo[start : start + len(outputs)], outputs)])
+
+        self.generate([conversations[i] for i in todo], description=description, on_chunk=record, return_errors=True)
