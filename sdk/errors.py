@@ -15,3 +15,7 @@ class PackError(DistilleryError):
 
 class ModelError(DistilleryError):
     """A model could not be found or loaded."""
+
+
+class BudgetExhausted(DistilleryError):
+    """A role reached its recipe budget (calls, tokens or cost); the run stops cleanly and can be resumed."""

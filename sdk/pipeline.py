@@ -1,25 +1,33 @@
 """The run, stage by stage. Each finished stage is recorded in the manifest; a resumed run skips it.
 
-    ingest       knowledge.json                 the pack's corpus indexed (llama-index + FAISS), reused when unchanged
-    synthesize   iter_00/synthesized.jsonl      instructions written from sampled passages, quality- and diversity-filtered
-    pool         iter_00/train_pool.jsonl       the pack's seeds plus the synthesised instructions
-    label        iter_00/teacher.jsonl          the teacher answers them (journaled per chunk)
-    eval_teacher eval/teacher.jsonl             the teacher answers the held-out set
-    eval_before  eval/student_before.jsonl      the untrained student answers it
-    train        student/                       SFT on the teacher's answers (checkpointed)
-    eval_after   eval/student_after.jsonl       the trained student answers it
-    finalize     eval/domain.json metrics.json report.html
+    ingest        knowledge.json                 the pack's corpus indexed (llama-index + FAISS), reused when unchanged
+    synthesize    iter_00/synthesized.jsonl      instructions written from sampled passages, quality- and diversity-filtered
+    eval_teacher  eval/teacher.jsonl             the teacher answers the held-out set
+    eval_before   eval/student_before.jsonl      the untrained student answers it; the referee scores both
+
+  then, for k = 0 .. adversarial.iterations-1, in iter_<k>/ (Lion's loop):
+
+    pool          train_pool.jsonl cache_pool.jsonl   k=0: seeds + synthesised; k>0: what iteration k-1 generated
+    label         teacher.jsonl                  imitation: the teacher answers the train pool (journaled)
+    train         student/                       imitation: the student is trained on those answers (checkpointed)
+    eval          eval_student.jsonl eval.json   the student's held-out score and relative score after this iteration
+    discriminate  referee.jsonl hard.jsonl easy.jsonl   the student answers the cache pool; the referee splits it
+    generate      generated.jsonl                new instructions from hard and easy ones, diversity-filtered
+
+    finalize      eval/domain.json metrics.json report.html student/
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from sdk.config import Recipe
-from sdk.errors import DistilleryError
+from sdk.errors import BudgetExhausted, ConfigError, DistilleryError
 from sdk.curation.labeling import label_rows
 from sdk.curation.seeds import provenance, seed_pool
 from sdk.evaluate.domain import answer_conversations, clean_answer, score_answers
@@ -29,14 +37,13 @@ from sdk.packs import Pack, resolve_pack
 from sdk.progress import log
 from sdk.store import RunStore
 
-ITER = "iter_00"
-
 
 @dataclass
 class RunResult:
     run_dir: Path
     metrics: dict
     student_path: Path
+    status: str = "finished"
 
 
 def quiet_libraries() -> None:
@@ -50,13 +57,19 @@ def quiet_libraries() -> None:
     datasets.utils.logging.set_verbosity_error()
 
 
+def it_name(k: int) -> str:
+    return f"iter_{k:02d}"
+
+
 class Pipeline:
     def __init__(self, recipe: Recipe, store: RunStore):
         self.recipe = recipe
         self.store = store
         self.pack: Pack = resolve_pack(recipe.domain, recipe.pack_paths)
         self._models: dict[str, object] = {}
+        self._budgets: dict[str, object] = {}
         self.timings: dict[str, float] = dict(store.manifest.get("timings", {}))
+        self.referee_kinds()  # a referee that cannot work with these models fails before any compute
 
     # models -----------------------------------------------------------------------------------
     def model(self, role: str):
@@ -66,6 +79,15 @@ class Pipeline:
         if key not in self._models:
             self._models[key] = load_chat_model(spec, self.recipe.models)
         return self._models[key]
+
+    def budget(self, role: str):
+        """The role's budget (calls, tokens, cost), persisted in the run directory so a resume keeps counting."""
+        from sdk.models.budget import Budget
+
+        if role not in self._budgets:
+            settings = getattr(self.recipe.models, role).budget
+            self._budgets[role] = Budget(settings, self.store.path("budget", f"{role}.json"), label=role)
+        return self._budgets[role]
 
     @property
     def teacher(self):
@@ -77,18 +99,56 @@ class Pipeline:
     def student_name(self) -> str:
         return describe(self.recipe.models.student, self.recipe.models)
 
-    def load_student(self, trained: bool) -> LocalChatModel:
+    def white_box_teacher(self) -> bool:
+        return self.recipe.models.teacher.provider != "openai"
+
+    def student_dir(self, k: int) -> Path | None:
+        """The student after iteration k (None = the initial student). An iteration with nothing to train keeps the one before."""
+        for j in range(k, -1, -1):
+            for path in (self.store.path(it_name(j), "student"), self.store.path("student") if j == self.recipe.adversarial.iterations - 1 else None):
+                if path is not None and (path / "config.json").is_file():
+                    return path
+        return None
+
+    def load_student(self, path: Path | None, tag: str) -> LocalChatModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         settings = self.recipe.models.student.generation.model_copy(
             update={"max_new_tokens": self.recipe.eval.max_new_tokens, "batch_size": self.recipe.eval.batch_size}
         )
-        if trained:
-            path = self.store.path("student")
+        if path is not None:
             model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-            return LocalChatModel(model, tok, "student (trained)", settings)
-        model, tok = load_local(self.recipe.models.student, self.recipe.models)
-        return LocalChatModel(model, tok, "student (initial)", settings)
+        else:
+            model, tok = load_local(self.recipe.models.student, self.recipe.models)
+        return LocalChatModel(model, tok, f"student ({tag})", settings)
+
+    # referees ---------------------------------------------------------------------------------
+    def referee_kinds(self) -> list[str]:
+        """Which referees run; the first one decides the hard/easy split."""
+        mode = self.recipe.adversarial.referee
+        if mode == "auto":
+            return ["likelihood"] if self.white_box_teacher() else ["llm"]
+        if mode in ("likelihood", "both") and not self.white_box_teacher():
+            raise ConfigError(f"adversarial.referee={mode} needs a local (white-box) teacher; with an endpoint teacher use 'llm'")
+        return {"likelihood": ["likelihood"], "llm": ["llm"], "both": ["llm", "likelihood"]}[mode]
+
+    def referee(self, kind: str):
+        from sdk.adversarial.referee import LikelihoodReferee, LLMReferee
+
+        if kind == "likelihood":
+            return LikelihoodReferee(self.pack, self.teacher, self.pack.spec.system_prompt)
+        return LLMReferee(self.pack, self.model("referee"), describe(self.recipe.models.referee, self.recipe.models), self.budget("referee"))
+
+    def run_referees(self, pairs, journal_prefix: str, description: str) -> dict[str, list[dict]]:
+        """Score pairs with every configured referee; LLM verdicts are journaled under journal_prefix."""
+        results = {}
+        for kind in self.referee_kinds():
+            journal = self.store.journal(f"{journal_prefix}.{kind}.partial.jsonl")
+            results[kind] = self.referee(kind).score(pairs, journal=journal, description=f"{description} ({kind} referee)")
+        return results
+
+    def tau(self) -> float:
+        return self.recipe.adversarial.tau if self.recipe.adversarial.tau is not None else self.pack.spec.referee.tau
 
     # stages -----------------------------------------------------------------------------------
     def _stage(self, name: str, fn) -> None:
@@ -108,15 +168,26 @@ class Pipeline:
         quiet_libraries()
         set_seed(self.recipe.seed)
         self.store.set_status("running")
-        self._stage("ingest", self.stage_ingest)
-        self._stage("synthesize", self.stage_synthesize)
-        self._stage("pool", self.stage_pool)
-        self._stage("label", self.stage_label)
-        self._stage("eval_teacher", self.stage_eval_teacher)
-        self._stage("eval_before", lambda: self.stage_eval_student(trained=False))
-        self._stage("train", self.stage_train)
-        self._stage("eval_after", lambda: self.stage_eval_student(trained=True))
-        self._stage("finalize", self.stage_finalize)
+        try:
+            self._stage("ingest", self.stage_ingest)
+            self._stage("synthesize", self.stage_synthesize)
+            self._stage("eval_teacher", self.stage_eval_teacher)
+            self._stage("eval_before", self.stage_eval_before)
+            for k in range(self.recipe.adversarial.iterations):
+                it = it_name(k)
+                self._stage(f"{it}/pool", lambda k=k: self.stage_pool(k))
+                self._stage(f"{it}/label", lambda k=k: self.stage_label(k))
+                self._stage(f"{it}/train", lambda k=k: self.stage_train(k))
+                self._stage(f"{it}/eval", lambda k=k: self.stage_eval_iteration(k))
+                self._stage(f"{it}/discriminate", lambda k=k: self.stage_discriminate(k))
+                self._stage(f"{it}/generate", lambda k=k: self.stage_generate(k))
+            self._stage("finalize", self.stage_finalize)
+        except BudgetExhausted as exc:
+            reason = f"stopped: budget reached ({exc})"
+            self.store.set_status("stopped", reason=reason)
+            log(f"[bold yellow]{reason}[/bold yellow]")
+            log(f"everything finished so far is kept; raise the budget and run `distill resume {self.store.root}`")
+            return RunResult(self.store.root, {}, self.store.path("student"), status="stopped")
         self.store.set_status("finished")
         return RunResult(self.store.root, self.store.read_json("metrics.json"), self.store.path("student"))
 
@@ -137,50 +208,41 @@ class Pipeline:
         summary = ingest(self.pack.corpus_dir(), self.index_dir(), settings)
         return [self.store.write_json("knowledge.json", summary.as_dict())]
 
+    def embedder(self):
+        from sdk.knowledge.embeddings import load_embedder
+
+        return load_embedder(self.recipe.knowledge.embedder) if self.recipe.curation.cosine_threshold else None
+
     def stage_synthesize(self):
         from sdk.curation.diversity import filter_candidates
         from sdk.curation.synthesis import sample_passages, synthesize
-        from sdk.knowledge.embeddings import load_embedder
         from sdk.store import read_jsonl
 
-        cur = self.recipe.curation
+        cur, it = self.recipe.curation, it_name(0)
         candidates, rejected = [], []
         if cur.passages > 0:
             chunks = read_jsonl(self.index_dir() / "chunks.jsonl")
             subareas = sorted({s.subarea for s in self.pack.seeds()})
             passages = sample_passages(chunks, cur.passages, subareas, self.recipe.seed)
             generator_name = describe(self.recipe.models.generator, self.recipe.models)
-            journal = self.store.journal(f"{ITER}/synthesis.partial.jsonl")
+            journal = self.store.journal(f"{it}/synthesis.partial.jsonl")
             candidates, rejected = synthesize(self.pack, passages, self.model("generator"), generator_name, cur.per_passage, cur.min_words, cur.max_words, journal=journal)
         kept = []
         if candidates:
             seeds = [r["instruction"] for r in seed_pool(self.pack, self.recipe.data.max_seeds, self.recipe.seed)]
-            embedder = load_embedder(self.recipe.knowledge.embedder) if cur.cosine_threshold else None
-            decisions = filter_candidates(seeds, [c["instruction"] for c in candidates], cur.rouge_threshold, cur.cosine_threshold, embedder)
+            decisions = filter_candidates(seeds, [c["instruction"] for c in candidates], cur.rouge_threshold, cur.cosine_threshold, self.embedder())
             for row, d in zip(candidates, decisions):
                 if d.kept:
                     kept.append(row)
                 else:
                     score = d.max_cosine if d.reason == "cosine" else d.max_rouge
                     rejected.append(dict(row, reason=f"too similar ({d.reason} {score:.2f} to {d.match})"))
-        log(f"synthesised {len(kept)} instructions ({len(rejected)} rejected, reasons in {ITER}/synthesis_rejected.jsonl)")
-        outputs = [self.store.write_jsonl(f"{ITER}/synthesized.jsonl", kept), self.store.write_jsonl(f"{ITER}/synthesis_rejected.jsonl", rejected)]
-        self.store.journal(f"{ITER}/synthesis.partial.jsonl").remove()
+        log(f"synthesised {len(kept)} instructions ({len(rejected)} rejected, reasons in {it}/synthesis_rejected.jsonl)")
+        outputs = [self.store.write_jsonl(f"{it}/synthesized.jsonl", kept), self.store.write_jsonl(f"{it}/synthesis_rejected.jsonl", rejected)]
+        self.store.journal(f"{it}/synthesis.partial.jsonl").remove()
         return outputs
 
-    def stage_pool(self):
-        pool = seed_pool(self.pack, self.recipe.data.max_seeds, self.recipe.seed) + self.store.read_jsonl(f"{ITER}/synthesized.jsonl")
-        return [self.store.write_jsonl(f"{ITER}/train_pool.jsonl", pool)]
-
-    def stage_label(self):
-        pool = self.store.read_jsonl(f"{ITER}/train_pool.jsonl")
-        journal = self.store.journal(f"{ITER}/teacher.partial.jsonl")
-        use_context = self.recipe.curation.teacher_context == "passage"
-        rows = label_rows(pool, self.teacher, self.teacher_name(), self.pack.spec.system_prompt, journal, use_context=use_context)
-        path = self.store.write_jsonl(f"{ITER}/teacher.jsonl", rows)
-        journal.remove()
-        return [path]
-
+    # the held-out set -------------------------------------------------------------------------
     def _eval_rows(self) -> list[dict]:
         rows = [r.model_dump() for r in self.pack.eval_rows()]
         return rows[: self.recipe.data.max_eval] if self.recipe.data.max_eval else rows
@@ -191,15 +253,17 @@ class Pipeline:
     def stage_eval_teacher(self):
         rows = [{"id": r["id"], "instruction": r["instruction"], "provenance": self._eval_provenance("eval")} for r in self._eval_rows()]
         journal = self.store.journal("eval/teacher.partial.jsonl")
-        labeled = label_rows(rows, self.teacher, self.teacher_name(), self.pack.spec.system_prompt, journal, description="teacher answers eval set")
+        labeled = label_rows(rows, self.teacher, self.teacher_name(), self.pack.spec.system_prompt, journal, description="teacher answers eval set", budget=self.budget("teacher"))
         path = self.store.write_jsonl("eval/teacher.jsonl", labeled)
         journal.remove()
         return [path]
 
-    def stage_eval_student(self, trained: bool):
-        tag = "after" if trained else "before"
+    def evaluate_student(self, student_path: Path | None, tag: str, answers_rel: str, referee_rel: str, summary_rel: str) -> list[Path]:
+        """The student answers the held-out set; domain metrics and the referee's relative score."""
+        from sdk.adversarial.referee import Pair, relative_score
+
         eval_rows = self._eval_rows()
-        student = self.load_student(trained)
+        student = self.load_student(student_path, tag)
         answers = student.generate(
             answer_conversations(self.pack.spec.system_prompt, [r["instruction"] for r in eval_rows]),
             description=f"student answers eval set ({tag})",
@@ -208,60 +272,266 @@ class Pipeline:
             {"id": row["id"], "instruction": row["instruction"], "answer": clean_answer(answer), "provenance": self._eval_provenance(f"eval_{tag}", student.name)}
             for row, answer in zip(eval_rows, answers)
         ]
+        del student
         if isinstance(self.teacher, LocalChatModel):
             convs = answer_conversations(self.pack.spec.system_prompt, [r["instruction"] for r in out])
             for row, ll in zip(out, self.teacher.loglik(convs, [r["answer"] for r in out])):
                 row["teacher_loglik"] = ll
-        del student
-        return [self.store.write_jsonl(f"eval/student_{tag}.jsonl", out)]
+        teacher = {r["id"]: r for r in self.store.read_jsonl("eval/teacher.jsonl")}
+        pairs = [Pair(r["id"], r["instruction"], teacher[r["id"]]["answer"], r["answer"]) for r in out if teacher[r["id"]]["status"] == "ok"]
+        verdicts = self.run_referees(pairs, referee_rel.removesuffix(".jsonl"), f"referee scores eval set ({tag})")
+        primary = self.referee_kinds()[0]
+        for kind, rows in verdicts.items():
+            for row in rows:
+                row["provenance"] = self._eval_provenance(f"eval_referee_{tag}", rows and row.get("model", kind))
+            self.store.write_jsonl(referee_rel if kind == primary else referee_rel.replace(".jsonl", f".{kind}.jsonl"), rows)
+        teacher_answers = {k: (r.get("answer") or "") for k, r in teacher.items()}
+        ll = {r["id"]: r["teacher_loglik"] for r in out if "teacher_loglik" in r} or None
+        domain = score_answers(eval_rows, {r["id"]: r["answer"] for r in out}, teacher_answers, ll)
+        summary = dict(domain["summary"], relative_score=relative_score(verdicts[primary]), referee=primary)
+        for kind, rows in verdicts.items():
+            summary[f"relative_score_{kind}"] = relative_score(rows)
+        for kind in verdicts:
+            self.store.journal(referee_rel.removesuffix(".jsonl") + f".{kind}.partial.jsonl").remove()
+        return [self.store.write_jsonl(answers_rel, out), self.store.write_json(summary_rel, {"summary": summary, "items": domain["items"]})]
 
-    def stage_train(self):
+    def stage_eval_before(self):
+        return self.evaluate_student(None, "before", "eval/student_before.jsonl", "eval/referee_before.jsonl", "eval/before.json")
+
+    def stage_eval_iteration(self, k: int):
+        it = it_name(k)
+        return self.evaluate_student(self.student_dir(k), f"after iteration {k}", f"{it}/eval_student.jsonl", f"{it}/eval_referee.jsonl", f"{it}/eval.json")
+
+    # one iteration of the loop ----------------------------------------------------------------
+    def stage_pool(self, k: int):
+        """The train pool (what the student learns from now) and the cache pool (everything so far)."""
+        it = it_name(k)
+        if k == 0:
+            seeds = [dict(r, source="seed") for r in seed_pool(self.pack, self.recipe.data.max_seeds, self.recipe.seed)]
+            synthesized = [dict(r, source="synthesized") for r in self.store.read_jsonl(f"{it}/synthesized.jsonl")]
+            train_pool = seeds + synthesized
+            cache_pool = train_pool
+        else:
+            prev = it_name(k - 1)
+            train_pool = [dict(r, source="generated", origin=r["source"]) for r in self.store.read_jsonl(f"{prev}/generated.jsonl")]
+            cache_pool = self.store.read_jsonl(f"{prev}/cache_pool.jsonl") + train_pool
+        log(f"{it}: train pool {len(train_pool)}, cache pool {len(cache_pool)}")
+        return [self.store.write_jsonl(f"{it}/train_pool.jsonl", train_pool), self.store.write_jsonl(f"{it}/cache_pool.jsonl", cache_pool)]
+
+    def stage_label(self, k: int):
+        it = it_name(k)
+        pool = self.store.read_jsonl(f"{it}/train_pool.jsonl")
+        journal = self.store.journal(f"{it}/teacher.partial.jsonl")
+        use_context = self.recipe.curation.teacher_context == "passage"
+        rows = label_rows(pool, self.teacher, self.teacher_name(), self.pack.spec.system_prompt, journal, use_context=use_context, budget=self.budget("teacher"))
+        path = self.store.write_jsonl(f"{it}/teacher.jsonl", rows)
+        journal.remove()
+        return [path]
+
+    def teacher_answers(self, k: int) -> dict[str, dict]:
+        """Every usable teacher answer from iterations 0..k, by instruction id."""
+        answers = {}
+        for j in range(k + 1):
+            for row in self.store.read_jsonl(f"{it_name(j)}/teacher.jsonl"):
+                if row["status"] == "ok":
+                    answers[row["id"]] = row
+        return answers
+
+    def stage_train(self, k: int):
         from sdk.train.common import save_student
         from sdk.train.sft import train_sft
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        rows = [r for r in self.store.read_jsonl(f"{ITER}/teacher.jsonl") if r["status"] == "ok"]
+        it = it_name(k)
+        if self.recipe.adversarial.train_on == "cache":
+            rows = list(self.teacher_answers(k).values())
+        else:
+            rows = [r for r in self.store.read_jsonl(f"{it}/teacher.jsonl") if r["status"] == "ok"]
         if not rows:
-            raise DistilleryError(f"no usable teacher answers to train on (see {self.store.path(ITER, 'teacher.jsonl')} for the reasons)")
-        model, tokenizer = load_local(self.recipe.models.student, self.recipe.models)
-        model, metrics = train_sft(model, tokenizer, rows, self.pack.spec.system_prompt, self.recipe.train, self.store.path(ITER, "checkpoints"), self.recipe.seed)
-        path = save_student(model, tokenizer, self.store.path("student"))
-        self.store.write_json(f"{ITER}/train_metrics.json", metrics)
+            if k == 0:
+                raise DistilleryError(f"no usable teacher answers to train on (see {self.store.path(it, 'teacher.jsonl')} for the reasons)")
+            log(f"[yellow]{it}: nothing new to train on; the student from the previous iteration is kept[/yellow]")
+            self.store.write_json(f"{it}/train_metrics.json", {"skipped": "empty train pool", "steps": 0, "loss_history": []})
+            return []
+        init = self.student_dir(k - 1)
+        if init is not None:
+            model, tokenizer = AutoModelForCausalLM.from_pretrained(init), AutoTokenizer.from_pretrained(init)
+        else:
+            model, tokenizer = load_local(self.recipe.models.student, self.recipe.models)
+        model, metrics = train_sft(model, tokenizer, rows, self.pack.spec.system_prompt, self.recipe.train, self.store.path(it, "checkpoints"), self.recipe.seed + k)
+        path = save_student(model, tokenizer, self.store.path(it, "student"))
+        shutil.rmtree(self.store.path(it, "checkpoints"), ignore_errors=True)  # the saved student supersedes them
+        self.store.write_json(f"{it}/train_metrics.json", dict(metrics, rows=len(rows), init=str(init) if init else "initial student"))
         return [path]
+
+    def stage_discriminate(self, k: int):
+        """The student answers the cache pool; the referee scores teacher vs student; hard/easy split."""
+        from sdk.adversarial.referee import Pair, agreement, gap_stats, rubric, split_hard_easy
+
+        it, adv = it_name(k), self.recipe.adversarial
+        cache_pool = self.store.read_jsonl(f"{it}/cache_pool.jsonl")
+        teacher = self.teacher_answers(k)
+        candidates = [r for r in cache_pool if r["id"] in teacher]  # an instruction the teacher failed on cannot be judged
+        if adv.max_refereed and len(candidates) > adv.max_refereed:
+            picked = set(r["id"] for r in random.Random(f"{self.recipe.seed}:{k}:referee").sample(candidates, adv.max_refereed))
+            candidates = [r for r in candidates if r["id"] in picked]
+
+        # S answers the cache pool (journaled: a resumed run does not answer twice)
+        student = self.load_student(self.student_dir(k), f"iteration {k}")
+        journal = self.store.journal(f"{it}/student_answers.partial.jsonl")
+
+        def to_row(i: int, out) -> dict:
+            row = candidates[i]
+            answer = "" if isinstance(out, BaseException) else clean_answer(out)
+            return {"id": row["id"], "instruction": row["instruction"], "answer": answer, "provenance": dict(row["provenance"], stage="student_answer", model=student.name)}
+
+        convs = answer_conversations(self.pack.spec.system_prompt, [r["instruction"] for r in candidates])
+        student.generate_journaled([r["id"] for r in candidates], convs, journal, to_row, f"student answers cache pool (iteration {k})")
+        del student
+        student_rows = [journal.done[r["id"]] for r in candidates]
+
+        pairs = [Pair(r["id"], r["instruction"], teacher[r["id"]]["answer"], s["answer"]) for r, s in zip(candidates, student_rows)]
+        verdicts = self.run_referees(pairs, f"{it}/referee", f"referee scores cache pool (iteration {k})")
+        kinds = self.referee_kinds()
+        by_id = {r["id"]: r for r in candidates}
+        criteria = rubric(self.pack)
+        rules = {}
+        for kind, rows in verdicts.items():
+            rules[kind] = split_hard_easy(rows, self.tau(), adv.severe_findings_hard)
+            for row in rows:
+                src = by_id[row["id"]]
+                row.update(subarea=src.get("subarea"), task_type=src.get("task_type"), source=src.get("source"), tau=self.tau(), rubric=criteria)
+                row["provenance"] = dict(src["provenance"], stage="referee", model=row.get("model", f"{self.teacher_name()} (likelihood)"))
+        primary = verdicts[kinds[0]]
+        hard = [self._split_row(by_id[r["id"]], r) for r in primary if r["hard"] is True]
+        easy = [self._split_row(by_id[r["id"]], r) for r in primary if r["hard"] is False]
+        stats = dict(gap_stats(primary), tau=self.tau(), split_rule=rules[kinds[0]], referee=kinds[0], criteria=criteria, cache_pool=len(cache_pool), without_teacher_answer=len(cache_pool) - len(teacher.keys() & {r["id"] for r in cache_pool}))
+        if len(kinds) > 1:
+            stats["agreement"] = agreement(primary, verdicts[kinds[1]])
+            stats[kinds[1]] = gap_stats(verdicts[kinds[1]])
+        log(f"{it}: {stats['hard']} hard, {stats['easy']} easy, {stats['unparsed']} unparsed; mean gap {stats['gap_mean']}; split by {stats['split_rule']}")
+        outputs = [
+            self.store.write_jsonl(f"{it}/student_answers.jsonl", student_rows),
+            self.store.write_jsonl(f"{it}/referee.jsonl", primary),
+            self.store.write_jsonl(f"{it}/hard.jsonl", hard),
+            self.store.write_jsonl(f"{it}/easy.jsonl", easy),
+            self.store.write_json(f"{it}/discrimination.json", stats),
+        ]
+        for kind in kinds[1:]:
+            outputs.append(self.store.write_jsonl(f"{it}/referee.{kind}.jsonl", verdicts[kind]))
+        journal.remove()
+        for kind in kinds:
+            self.store.journal(f"{it}/referee.{kind}.partial.jsonl").remove()
+        return outputs
+
+    @staticmethod
+    def _split_row(source: dict, verdict: dict) -> dict:
+        keep = ("id", "instruction", "subarea", "task_type", "source", "provenance")
+        return {**{k: source.get(k) for k in keep}, "gap": verdict["gap"], "teacher_score": verdict["teacher_score"], "student_score": verdict["student_score"], "hard_because": verdict["hard_because"]}
+
+    def stage_generate(self, k: int):
+        from sdk.adversarial.generation import GenerationPlan, generate_instructions
+
+        it, adv, cur = it_name(k), self.recipe.adversarial, self.recipe.curation
+        plan = GenerationPlan(
+            n_new=adv.new_per_iteration, max_attempts=adv.max_attempts, hard_share=adv.hard_share,
+            rouge_threshold=cur.rouge_threshold, cosine_threshold=cur.cosine_threshold,
+            min_words=cur.min_words, max_words=cur.max_words, seed=self.recipe.seed, iteration=k,
+        )  # fmt: skip
+        hard, easy = self.store.read_jsonl(f"{it}/hard.jsonl"), self.store.read_jsonl(f"{it}/easy.jsonl")
+        cache_pool = self.store.read_jsonl(f"{it}/cache_pool.jsonl")
+        journal = self.store.journal(f"{it}/generation.partial.jsonl")
+        if plan.n_new and (hard or easy):
+            generator_name = describe(self.recipe.models.generator, self.recipe.models)
+            outcome = generate_instructions(self.pack, self.model("generator"), generator_name, hard, easy, cache_pool, plan, self.embedder(), journal, self.budget("generator"))
+        else:
+            from sdk.adversarial.generation import GenerationOutcome, generation_stats, side_targets
+
+            outcome = GenerationOutcome()
+            outcome.stats = generation_stats(outcome, 0, side_targets(plan.n_new, plan.hard_share, bool(hard), bool(easy)), plan)
+        stats = outcome.stats
+        log(f"{it}: generated {stats['kept']}/{stats['target']} new instructions ({stats['kept_hard']} from hard, {stats['kept_easy']} from easy) in {stats['attempts']} attempts; rejected {stats['rejected_by_reason']}")
+        outputs = [
+            self.store.write_jsonl(f"{it}/generated.jsonl", outcome.kept),
+            self.store.write_jsonl(f"{it}/generation_rejected.jsonl", outcome.rejected),
+            self.store.write_json(f"{it}/generation.json", stats),
+        ]
+        journal.remove()
+        return outputs
+
+    # the end ----------------------------------------------------------------------------------
+    def iteration_metrics(self, k: int) -> dict:
+        it = it_name(k)
+        labeled = self.store.read_jsonl(f"{it}/teacher.jsonl")
+        return {
+            "iteration": k,
+            "train_pool": len(labeled),
+            "cache_pool": len(self.store.read_jsonl(f"{it}/cache_pool.jsonl")),
+            "teacher_ok": sum(r["status"] == "ok" for r in labeled),
+            "teacher_failed": sum(r["status"] != "ok" for r in labeled),
+            "train": self.store.read_json(f"{it}/train_metrics.json"),
+            "eval": self.store.read_json(f"{it}/eval.json")["summary"],
+            "discrimination": self.store.read_json(f"{it}/discrimination.json"),
+            "generation": self.store.read_json(f"{it}/generation.json"),
+        }
 
     def stage_finalize(self):
         from sdk.report import write_report
 
+        last = self.recipe.adversarial.iterations - 1
+        final = self.student_dir(last)
+        if final is not None and final != self.store.path("student"):
+            shutil.rmtree(self.store.path("student"), ignore_errors=True)
+            final.rename(self.store.path("student"))  # the last iteration's student is the run's student
+        shutil.copyfile(self.store.path(it_name(last), "eval_student.jsonl"), self.store.path("eval/student_after.jsonl"))
+
         eval_rows = self._eval_rows()
-        teacher_rows = {r["id"]: r for r in self.store.read_jsonl("eval/teacher.jsonl")}
-        teacher_answers = {k: (r.get("answer") or "") for k, r in teacher_rows.items()}
-        domain = {}
-        for tag in ("before", "after"):
-            rows = self.store.read_jsonl(f"eval/student_{tag}.jsonl")
-            ll = {r["id"]: r["teacher_loglik"] for r in rows if "teacher_loglik" in r} or None
-            domain[tag] = score_answers(eval_rows, {r["id"]: r["answer"] for r in rows}, teacher_answers, ll)
-        domain["teacher_vs_reference"] = score_answers(eval_rows, teacher_answers, teacher_answers)["summary"]
+        teacher_answers = {r["id"]: (r.get("answer") or "") for r in self.store.read_jsonl("eval/teacher.jsonl")}
+        before = self.store.read_json("eval/before.json")
+        after = self.store.read_json(f"{it_name(last)}/eval.json")
+        domain = {"before": before, "after": after, "teacher_vs_reference": score_answers(eval_rows, teacher_answers, teacher_answers)["summary"]}
         self.store.write_json("eval/domain.json", domain)
 
-        labeled = self.store.read_jsonl(f"{ITER}/teacher.jsonl")
+        iterations = [self.iteration_metrics(k) for k in range(last + 1)]
         knowledge = self.store.read_json("knowledge.json")
+        steps, history, offset = 0, [], 0
+        for m in iterations:
+            for h in m["train"].get("loss_history", []):
+                history.append({"step": h["step"] + offset, "loss": h["loss"], "iteration": m["iteration"]})
+            offset += m["train"].get("steps", 0)
+        first_losses = [m["train"].get("first_logged_loss") for m in iterations if m["train"].get("first_logged_loss") is not None]
+        last_losses = [m["train"].get("last_logged_loss") for m in iterations if m["train"].get("last_logged_loss") is not None]
         metrics = {
             "domain": self.pack.name,
             "preset": self.recipe.preset,
-            "models": {"teacher": self.teacher_name(), "student": self.student_name()},
+            "models": {"teacher": self.teacher_name(), "student": self.student_name(), "referee": self.referee_kinds()[0]},
             "data": {
                 "corpus_chunks": knowledge["chunks"],
                 "corpus_files_skipped": len(knowledge["skipped"]),
-                "synthesized": len(self.store.read_jsonl(f"{ITER}/synthesized.jsonl")),
-                "synthesis_rejected": len(self.store.read_jsonl(f"{ITER}/synthesis_rejected.jsonl")),
-                "train_pool": len(labeled),
-                "teacher_ok": sum(r["status"] == "ok" for r in labeled),
-                "teacher_failed": sum(r["status"] != "ok" for r in labeled),
+                "synthesized": len(self.store.read_jsonl(f"{it_name(0)}/synthesized.jsonl")),
+                "synthesis_rejected": len(self.store.read_jsonl(f"{it_name(0)}/synthesis_rejected.jsonl")),
+                "train_pool": iterations[0]["train_pool"],
+                "teacher_ok": sum(m["teacher_ok"] for m in iterations),
+                "teacher_failed": sum(m["teacher_failed"] for m in iterations),
+                "generated": sum(m["generation"]["kept"] for m in iterations),
+                "cache_pool": iterations[-1]["cache_pool"] + iterations[-1]["generation"]["kept"],
                 "eval_prompts": len(eval_rows),
             },
-            "train": self.store.read_json(f"{ITER}/train_metrics.json"),
-            "eval": {"before": domain["before"]["summary"], "after": domain["after"]["summary"], "teacher_vs_reference": domain["teacher_vs_reference"]},
+            "train": {
+                "steps": offset,
+                "first_logged_loss": first_losses[0] if first_losses else None,
+                "last_logged_loss": last_losses[-1] if last_losses else None,
+                "loss_history": history,
+            },
+            "eval": {"before": before["summary"], "after": after["summary"], "teacher_vs_reference": domain["teacher_vs_reference"]},
+            "relative_score": {
+                "referee": self.referee_kinds()[0],
+                "before": before["summary"]["relative_score"],
+                "per_iteration": [m["eval"]["relative_score"] for m in iterations],
+            },
+            "iterations": iterations,
             "timings_s": self.timings,
         }
         self.store.write_json("metrics.json", metrics)
         report = write_report(self.store.root, metrics)
-        return [self.store.path("eval/domain.json"), self.store.path("metrics.json"), report]
+        return [self.store.path("eval/domain.json"), self.store.path("metrics.json"), report, self.store.path("student")]

@@ -12,6 +12,12 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TINY_PACKS = FIXTURES / "packs"
 
 
+@pytest.fixture(autouse=True)
+def private_response_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own response cache, so a reply cached by one test never answers another."""
+    monkeypatch.setenv("DISTILLERY_RESPONSE_CACHE", str(tmp_path_factory.mktemp("cache") / "responses.sqlite"))
+
+
 @pytest.fixture(scope="session")
 def tiny_packs() -> Path:
     return TINY_PACKS

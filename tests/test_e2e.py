@@ -17,6 +17,12 @@ from tests.conftest import TINY_PACKS, distill_cmd
 from tests.openai_server import FakeOpenAIServer
 
 SMOKE = ["--domain", "tiny", "--pack-path", str(TINY_PACKS), "--preset", "smoke"]
+ONE_ITERATION = ["--set", "adversarial.iterations=1"]
+ITERATION_FILES = [
+    "train_pool.jsonl", "cache_pool.jsonl", "teacher.jsonl", "train_metrics.json", "eval_student.jsonl", "eval.json",
+    "student_answers.jsonl", "referee.jsonl", "hard.jsonl", "easy.jsonl", "discrimination.json",
+    "generated.jsonl", "generation_rejected.jsonl", "generation.json",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +36,17 @@ def smoke_run(tmp_path_factory):
 def test_smoke_run_writes_the_documented_layout(smoke_run):
     result, elapsed = smoke_run
     root = Path(result.run_dir)
-    for rel in ["config.yaml", "manifest.json", "metrics.json", "report.html", "iter_00/train_pool.jsonl", "iter_00/teacher.jsonl", "eval/domain.json", "student/config.json"]:
+    for rel in ["config.yaml", "manifest.json", "metrics.json", "report.html", "eval/domain.json", "eval/before.json", "eval/student_after.jsonl", "student/config.json"]:
         assert (root / rel).is_file(), rel
+    for it in ("iter_00", "iter_01"):
+        for name in ITERATION_FILES:
+            assert (root / it / name).is_file(), f"{it}/{name}"
     assert not list(root.rglob("*.tmp")) and not list(root.rglob("*.partial.jsonl"))
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["status"] == "finished"
-    assert list(manifest["stages"]) == ["ingest", "synthesize", "pool", "label", "eval_teacher", "eval_before", "train", "eval_after", "finalize"]
-    assert elapsed < 180
+    loop = [f"{it}/{stage}" for it in ("iter_00", "iter_01") for stage in ("pool", "label", "train", "eval", "discriminate", "generate")]
+    assert list(manifest["stages"]) == ["ingest", "synthesize", "eval_teacher", "eval_before", *loop, "finalize"]
+    assert elapsed < 420
 
 
 def test_every_sample_carries_id_instruction_provenance(smoke_run):
@@ -45,8 +55,8 @@ def test_every_sample_carries_id_instruction_provenance(smoke_run):
         for line in path.read_text().splitlines():
             row = json.loads(line)
             assert row["id"], path
-            # only a synthesis reply that could not be parsed has no instruction; its raw text is kept
-            assert row["instruction"] or (path.name == "synthesis_rejected.jsonl" and row["raw"] is not None and row["reason"]), path
+            # only a generator reply that could not be parsed has no instruction; its raw text is kept
+            assert row["instruction"] or (path.name in ("synthesis_rejected.jsonl", "generation_rejected.jsonl") and row["raw"] is not None and row["reason"]), path
             assert {"document", "chunk_id", "stage", "model"} <= set(row["provenance"]), path
     teacher_rows = [json.loads(x) for x in (Path(result.run_dir) / "iter_00/teacher.jsonl").read_text().splitlines()]
     assert all(r["status"] == "ok" and r["answer"] for r in teacher_rows)
@@ -80,10 +90,63 @@ def test_metrics_hold_before_and_after(smoke_run):
         assert s["teacher_loglik"] < 0
         assert 0.0 <= s["key_point_recall"] <= 1.0
     assert m["eval"]["before"] != m["eval"]["after"]  # training changed the student
-    assert m["train"]["steps"] == 4 * math.ceil(m["data"]["teacher_ok"] / 2)  # 4 epochs, batch 2
+    first = m["iterations"][0]
+    assert first["train"]["steps"] == 4 * math.ceil(first["teacher_ok"] / 2)  # 4 epochs, batch 2
+    assert m["train"]["steps"] == sum(i["train"]["steps"] for i in m["iterations"])
     d = m["data"]
-    assert d["train_pool"] == 8 + d["synthesized"] and d["teacher_ok"] + d["teacher_failed"] == d["train_pool"]
+    assert d["train_pool"] == 8 + d["synthesized"] and first["teacher_ok"] + first["teacher_failed"] == d["train_pool"]
     assert d["eval_prompts"] == 4 and d["corpus_chunks"] >= 2
+
+
+def _jsonl(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines()]
+
+
+def test_loop_pools_split_and_generation(smoke_run):
+    """Two iterations: hard/easy from the referee, generated rows with parents, pools chained."""
+    from rouge_score import rouge_scorer
+
+    result, _ = smoke_run
+    root = Path(result.run_dir)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    for k in (0, 1):
+        it = root / f"iter_{k:02d}"
+        cache = _jsonl(it / "cache_pool.jsonl")
+        referee = _jsonl(it / "referee.jsonl")
+        hard, easy = _jsonl(it / "hard.jsonl"), _jsonl(it / "easy.jsonl")
+        assert {r["id"] for r in referee} <= {r["id"] for r in cache}
+        assert {r["id"] for r in hard} == {r["id"] for r in referee if r["hard"] is True}
+        assert {r["id"] for r in easy} == {r["id"] for r in referee if r["hard"] is False}
+        for r in referee:
+            assert r["referee"] == "likelihood" and 1 <= r["teacher_score"] <= 10 and 1 <= r["student_score"] <= 10
+            assert r["gap"] == pytest.approx(r["teacher_score"] - r["student_score"], abs=1e-3)
+            assert set(r["rubric"]) == {"accuracy", "clarity"} and r["tau"] == 1.0
+        generated = _jsonl(it / "generated.jsonl")
+        stats = json.loads((it / "generation.json").read_text())
+        assert stats["kept"] == len(generated) and stats["attempts"] <= 18
+        assert stats["kept"] + stats["rejected"] == stats["attempts"]
+        parents = {"hard": {r["id"] for r in hard}, "easy": {r["id"] for r in easy}}
+        for row in generated:
+            assert row["parent_id"] in parents[row["source"]]
+        if hard and easy:  # Lion's 1:1, within one instruction
+            sources = [r["source"] for r in generated]
+            assert abs(sources.count("hard") - sources.count("easy")) <= 1
+        reference = [r["instruction"] for r in cache]  # kept rows in the order they were accepted
+        for row in generated:
+            assert max(scorer.score(ref, row["instruction"])["rougeL"].fmeasure for ref in reference) < 0.7, row
+            reference.append(row["instruction"])
+    # iteration 1 trains on what iteration 0 generated; its cache pool is everything so far
+    gen0 = _jsonl(root / "iter_00/generated.jsonl")
+    assert [r["id"] for r in _jsonl(root / "iter_01/train_pool.jsonl")] == [r["id"] for r in gen0]
+    assert [r["id"] for r in _jsonl(root / "iter_01/cache_pool.jsonl")] == [r["id"] for r in _jsonl(root / "iter_00/cache_pool.jsonl") + gen0]
+    m = result.metrics
+    assert len(m["iterations"]) == 2 and len(m["relative_score"]["per_iteration"]) == 2
+    for i in m["iterations"]:
+        d = i["discrimination"]
+        assert d["hard"] + d["easy"] + d["unparsed"] == d["refereed"] and 0 <= d["hard_ratio"] <= 1
+        assert d["gap_mean"] is not None and d["gap_median"] is not None
+        assert 0 < i["eval"]["relative_score"] <= 100 * 10
+        assert set(i["generation"]["rejected_by_reason"]) <= {"failed", "unparseable", "quality", "rouge", "cosine", "balance"}
 
 
 def test_saved_student_loads_and_is_pruned(smoke_run):
@@ -135,12 +198,12 @@ def _wait_for(predicate, proc, timeout=300):
 
 def test_sigkill_during_training_then_resume(tmp_path):
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(distill_cmd() + ["run", *SMOKE, "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(distill_cmd() + ["run", *SMOKE, *ONE_ITERATION, "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for(lambda: (run_dir / "iter_00/checkpoints/checkpoint-4/trainer_state.json").exists(), proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = json.loads((run_dir / "manifest.json").read_text())["stages"]
-    assert "train" not in before and "eval_before" in before
+    assert "iter_00/train" not in before and "iter_00/label" in before
     teacher_bytes = (run_dir / "iter_00/teacher.jsonl").read_bytes()
 
     done = _cli("resume", str(run_dir))
@@ -152,7 +215,7 @@ def test_sigkill_during_training_then_resume(tmp_path):
     assert (run_dir / "iter_00/teacher.jsonl").read_bytes() == teacher_bytes
     train = json.loads((run_dir / "iter_00/train_metrics.json").read_text())
     assert re.search(r"checkpoint-(4|8|12)$", train["resumed_from_checkpoint"])
-    assert "skip label" in done.stderr + done.stdout
+    assert "skip iter_00/label" in done.stderr + done.stdout
 
 
 def test_killed_labeling_does_not_pay_twice(tmp_path):
@@ -168,7 +231,7 @@ def test_killed_labeling_does_not_pay_twice(tmp_path):
     run_dir = tmp_path / "endpoint"
     with FakeOpenAIServer(reply=reply) as server:
         teacher = ["--set", "models.teacher.provider=openai", "--set", f"models.teacher.base_url={server.base_url}", "--set", "models.teacher.model=t", "--set", "models.teacher.generation.batch_size=1", "--set", "models.student.base=referee"]
-        proc = subprocess.Popen(distill_cmd() + ["run", *SMOKE, *teacher, "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(distill_cmd() + ["run", *SMOKE, *ONE_ITERATION, *teacher, "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         journal = run_dir / "iter_00/teacher.partial.jsonl"
         _wait_for(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 4, proc)
         os.kill(proc.pid, signal.SIGKILL)
@@ -193,6 +256,6 @@ def test_scaffolded_pack_runs_with_pack_path(tmp_path):
     assert new.returncode == 0, new.stderr
     valid = _cli("packs", "validate", str(tmp_path / "packs" / "field-notes"))
     assert valid.returncode == 0, valid.stdout + valid.stderr
-    result = sdk.distill(domain="field-notes", preset="smoke", run_dir=tmp_path / "run", pack_paths=[tmp_path / "packs"], data__max_eval=2, train__epochs=1)
+    result = sdk.distill(domain="field-notes", preset="smoke", run_dir=tmp_path / "run", pack_paths=[tmp_path / "packs"], data__max_eval=2, train__epochs=1, adversarial__iterations=1)
     assert result.metrics["domain"] == "field-notes" and result.metrics["data"]["eval_prompts"] == 2
     assert (Path(result.student_path) / "config.json").is_file()

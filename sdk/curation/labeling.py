@@ -18,7 +18,7 @@ def teacher_prompt(row: dict, use_context: bool) -> str:
     return row["instruction"]
 
 
-def label_rows(rows: list[dict], teacher, teacher_name: str, system_prompt: str, journal: Journal, description: str = "teacher labels", use_context: bool = False) -> list[dict]:
+def label_rows(rows: list[dict], teacher, teacher_name: str, system_prompt: str, journal: Journal, description: str = "teacher labels", use_context: bool = False, budget=None) -> list[dict]:
     """Return rows (in input order) with `answer`, `status` and labeling provenance.
 
     With use_context, rows that carry a `context` passage are answered with it (the student is later
@@ -38,5 +38,6 @@ def label_rows(rows: list[dict], teacher, teacher_name: str, system_prompt: str,
         return labeled
 
     conversations = answer_conversations(system_prompt, [teacher_prompt(r, use_context) for r in rows])
-    teacher.generate_journaled([r["id"] for r in rows], conversations, journal, to_row, description)
+    kwargs = {"budget": budget} if budget is not None else {}  # a role's call budget (sdk.models.budget)
+    teacher.generate_journaled([r["id"] for r in rows], conversations, journal, to_row, description, **kwargs)
     return [journal.done[r["id"]] for r in rows]

@@ -33,10 +33,11 @@ class CheckResult:
 def sample_prompt_variables(pack: Pack, name: str) -> dict:
     instruction = "Explain the difference between two closely related concepts in this field."
     if name == "referee":
-        return {"instruction": instruction, "answer": "A short sample answer.", "findings": [{"severity": "warning", "label": "sample", "message": "a sample finding"}]}
+        finding = {"severity": "warning", "label": "sample", "message": "a sample finding"}
+        return {"instruction": instruction, "answer_a": "A short sample answer.", "answer_b": "Another sample answer.", "findings_a": [finding], "findings_b": []}
     if name == "synthesis":
         return {"passage": "A sample passage from a reference document in this field.", "n": 3}
-    return {"instruction": instruction}
+    return {"instruction": instruction, "task_type": "explain", "subarea": "general"}
 
 
 def _normalise(text: str) -> str:

@@ -1,0 +1,193 @@
+"""Generation: new instructions made from the referee's hard and easy ones (Lion's third step).
+
+Each attempt samples a parent from one side and renders the pack's prompt for it:
+  hard -> `generate_hard`: same domain and task type, harder
+  easy -> `generate_easy`: same domain, a different, more long-tail topic
+The reply goes through the quality rules and the diversity filter (exact ROUGE-L, then embedding
+cosine) against the cache pool as it stands, which grows with every kept instruction.
+
+Attempts run in rounds until N_new are kept or the attempt budget is spent. Each round asks only for
+what each side still lacks, so the kept instructions follow `hard_share` (Lion: 1:1). Every reply is
+journaled under its attempt number, and parents are drawn from a per-attempt seed, so a resumed run
+replays the same decisions and asks the generator only for attempts it never answered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+from sdk.curation.seeds import provenance
+from sdk.curation.synthesis import parse_instructions, quality_problem, split_task_label
+
+SIDES = ("hard", "easy")
+_PREAMBLE = re.compile(r"^(here('s| is| are)|sure|certainly|okay|ok|new (instruction|task|question)|instruction|task)\b.*:\s*$", re.I)
+# A small generator often talks about the task instead of writing one.
+_META = re.compile(r"^(sure|certainly|okay|of course)\b|\b(this|above|given|previous|original|new) (example|instruction)s?\b|\bthe example\b(?! of)|\b(easy|hard|difficult|harder) example\b|\bthe student model\b|\bas an ai\b", re.I)
+_LABEL = re.compile(r"^\**(new\s+)?(instruction|question|task)\**\s*:\s*", re.I)
+
+
+def extract_instruction(reply: str) -> str:
+    """The instruction in a generator reply: the first list item or the first line that is not a preamble."""
+    items = parse_instructions(reply)
+    if items:
+        text = items[0]
+    else:
+        lines = [ln.strip() for ln in reply.splitlines() if ln.strip() and not _PREAMBLE.match(ln.strip())]
+        text = lines[0] if lines else ""
+    return _LABEL.sub("", text).strip().strip('"*').strip()
+
+
+@dataclass
+class GenerationPlan:
+    n_new: int
+    max_attempts: int
+    hard_share: float
+    rouge_threshold: float
+    cosine_threshold: Optional[float]
+    min_words: int
+    max_words: int
+    seed: int
+    iteration: int
+
+
+@dataclass
+class GenerationOutcome:
+    kept: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+
+def side_targets(n_new: int, hard_share: float, have_hard: bool, have_easy: bool) -> dict[str, int]:
+    """How many of N_new come from each side. A side with no instructions hands its share to the other."""
+    n_hard = round(n_new * hard_share)
+    targets = {"hard": n_hard, "easy": n_new - n_hard}
+    if not have_hard:
+        targets = {"hard": 0, "easy": n_new if have_easy else 0}
+    elif not have_easy:
+        targets = {"hard": n_new, "easy": 0}
+    return targets
+
+
+def balanced_counts(kept_hard: int, kept_easy: int, hard_share: float) -> tuple[int, int]:
+    """The largest (h, e) with h <= kept_hard, e <= kept_easy and h = round((h + e) * hard_share)."""
+    for total in range(kept_hard + kept_easy, -1, -1):
+        h = round(total * hard_share)
+        if h <= kept_hard and total - h <= kept_easy:
+            return h, total - h
+    return 0, 0
+
+
+def generate_instructions(pack, generator, generator_name: str, hard: list[dict], easy: list[dict], cache_pool: list[dict], plan: GenerationPlan, embedder=None, journal=None, budget=None) -> GenerationOutcome:
+    """Make up to plan.n_new new instructions; returns kept rows, rejected rows (with reasons) and counts."""
+    from sdk.curation.diversity import DiversityFilter
+    from sdk.store import Journal
+
+    journal = journal if journal is not None else Journal.in_memory()
+    parents = {"hard": hard, "easy": easy}
+    targets = side_targets(plan.n_new, plan.hard_share, bool(hard), bool(easy))
+    pool_ids = [r["id"] for r in cache_pool]
+    filt = DiversityFilter([r["instruction"] for r in cache_pool], plan.rouge_threshold, plan.cosine_threshold, embedder)
+    versions = {side: hashlib.sha256(pack.prompt_path(f"generate_{side}").read_bytes()).hexdigest()[:12] for side in SIDES}
+
+    out = GenerationOutcome()
+    kept = {side: [] for side in SIDES}
+    attempts = 0
+    while attempts < plan.max_attempts:
+        lacking = {side: targets[side] - len(kept[side]) for side in SIDES}
+        if not any(n > 0 for n in lacking.values()):
+            break
+        # Interleave the sides so a budget that runs out mid-round still leaves them balanced.
+        round_sides = []
+        while any(lacking[s] > 0 for s in SIDES) and attempts + len(round_sides) < plan.max_attempts:
+            for side in SIDES:
+                if lacking[side] > 0 and attempts + len(round_sides) < plan.max_attempts:
+                    round_sides.append(side)
+                    lacking[side] -= 1
+        specs = []
+        for offset, side in enumerate(round_sides):
+            j = attempts + offset
+            parent = random.Random(f"{plan.seed}:{plan.iteration}:{j}").choice(parents[side])
+            specs.append((f"gen-{plan.iteration:02d}-{j:04d}", side, parent))
+        attempts += len(specs)
+
+        convs = [[{"role": "user", "content": pack.render(f"generate_{side}", instruction=parent["instruction"], task_type=parent.get("task_type"), subarea=parent.get("subarea"))}] for _, side, parent in specs]
+        keys = [key for key, _, _ in specs]
+
+        def to_row(i: int, reply) -> dict:
+            failed = isinstance(reply, BaseException)
+            return {"id": keys[i], "reply": None if failed else reply, "error": f"{type(reply).__name__}: {reply}" if failed else None}
+
+        kwargs = {"budget": budget} if budget is not None else {}
+        # A budget that runs out raises here; the journal keeps every reply, so a resume replays them.
+        generator.generate_journaled(keys, convs, journal, to_row, f"generating instructions (iteration {plan.iteration})", **kwargs)
+        for key, side, parent in specs:
+            _decide(journal.done[key], side, parent, filt, pool_ids, plan, generator_name, versions[side], kept, out)
+
+    # Keep the sides in proportion (Lion: 1:1): trim the latest of an over-full side.
+    if all(targets[s] > 0 for s in SIDES):
+        n_hard, n_easy = balanced_counts(len(kept["hard"]), len(kept["easy"]), plan.hard_share)
+        for side, n in (("hard", n_hard), ("easy", n_easy)):
+            for row in kept[side][n:]:
+                out.rejected.append(dict(row, reason="balance", detail=f"hard/easy kept in the ratio {plan.hard_share:g}"))
+            kept[side] = kept[side][:n]
+    out.kept = sorted(kept["hard"] + kept["easy"], key=lambda r: r["id"])
+    out.stats = generation_stats(out, attempts, targets, plan)
+    return out
+
+
+def _decide(reply: dict, side: str, parent: dict, filt, pool_ids: list[str], plan: GenerationPlan, generator_name: str, version: str, kept: dict, out: GenerationOutcome) -> None:
+    prov = provenance(
+        "generate",
+        model=generator_name,
+        document=parent.get("provenance", {}).get("document"),
+        chunk_id=parent.get("provenance", {}).get("chunk_id"),
+        parent_id=parent["id"],
+        iteration=plan.iteration,
+        prompt_version=version,
+    )
+    row = {"id": reply["id"], "instruction": None, "source": side, "parent_id": parent["id"], "subarea": parent.get("subarea"), "task_type": None, "provenance": prov}
+    if reply["error"]:
+        out.rejected.append(dict(row, reason="failed", detail=reply["error"], raw=None))
+        return
+    task_type, text = split_task_label(extract_instruction(reply["reply"]))
+    row.update(instruction=text or None, task_type=task_type or (parent.get("task_type") if side == "hard" else None))
+    if side == "easy":
+        row["subarea"] = None  # a different, long-tail topic: the parent's sub-area no longer applies
+    if not text:
+        out.rejected.append(dict(row, reason="unparseable", detail="no instruction in the reply", raw=reply["reply"]))
+        return
+    problem = quality_problem(text, "", plan.min_words, plan.max_words) or ("talks about the task instead of stating one" if _META.search(text) else None)
+    if problem:
+        out.rejected.append(dict(row, reason="quality", detail=problem, raw=reply["reply"]))
+        return
+    decision = filt.check(text, label=row["id"])
+    if not decision.kept:
+        match = decision.match or ""
+        if match.startswith("pool:"):
+            match = pool_ids[int(match.split(":", 1)[1])]
+        score = decision.max_cosine if decision.reason == "cosine" else decision.max_rouge
+        out.rejected.append(dict(row, reason=decision.reason, detail=f"{decision.reason} {score:.3f} to {match}", similar_to=match))
+        return
+    kept[side].append(dict(row, max_rouge_vs_pool=round(decision.max_rouge, 4)))
+
+
+def generation_stats(out: GenerationOutcome, attempts: int, targets: dict, plan: GenerationPlan) -> dict:
+    reasons: dict[str, int] = {}
+    for r in out.rejected:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    return {
+        "target": plan.n_new,
+        "targets": targets,
+        "attempts": attempts,
+        "max_attempts": plan.max_attempts,
+        "kept": len(out.kept),
+        "kept_hard": sum(r["source"] == "hard" for r in out.kept),
+        "kept_easy": sum(r["source"] == "easy" for r in out.kept),
+        "rejected": len(out.rejected),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "reached_target": len(out.kept) >= plan.n_new,
+    }
