@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from sdk.config import Recipe, load_recipe, parse_override, validate_recipe
+from sdk.config import Recipe, apply_overrides, load_recipe, parse_override, validate_recipe
 from sdk.errors import ConfigError
 from sdk.pipeline import Pipeline, RunResult
 from sdk.store import RunStore, atomic_write_text
@@ -70,7 +70,14 @@ def load_run_recipe(run_dir: str | os.PathLike) -> Recipe:
     return validate_recipe(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))
 
 
-def resume(run_dir: str | os.PathLike) -> RunResult:
-    """Finish a run that was stopped: finished stages are skipped, journaled teacher calls are reused."""
+def resume(run_dir: str | os.PathLike, set: list[str] | None = None) -> RunResult:  # noqa: A002
+    """Finish a run that was stopped: finished stages are skipped, journaled teacher calls are reused.
+
+    `set` changes recipe keys first (`["models.teacher.budget.max_calls=500"]`), e.g. to raise a budget
+    that stopped the run; the run's config.yaml is updated to match.
+    """
     recipe = load_run_recipe(run_dir)
+    if set:
+        recipe = validate_recipe(apply_overrides(recipe.model_dump(mode="json"), set), source=f"{run_dir}/config.yaml with --set")
+        atomic_write_text(Path(run_dir) / "config.yaml", recipe.to_yaml())
     return Pipeline(recipe, RunStore(run_dir)).run()

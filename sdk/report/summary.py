@@ -39,9 +39,39 @@ def summary_table(metrics: dict) -> Table:
         colour = {True: "green", False: "red", None: "default"}[improved]
         table.add_row(label, before, after, f"[{colour}]{delta}[/]" if delta else "")
     train = metrics.get("train", {})
+    data = metrics["data"]
     table.caption = (
         f"teacher {metrics['models']['teacher']} · student {metrics['models']['student']} · "
-        f"{metrics['data']['teacher_ok']}/{metrics['data']['train_pool']} teacher answers used · "
+        f"{data['teacher_ok']}/{data['teacher_ok'] + data['teacher_failed']} teacher answers used · "
         f"{train.get('steps', 0)} steps, loss {_fmt(train.get('first_logged_loss'))} → {_fmt(train.get('last_logged_loss'))}"
     )
+    return table
+
+
+def iteration_rows(metrics: dict) -> list[tuple[str, ...]]:
+    """One row per loop iteration: pools, the split, generation and the held-out scores after it."""
+    rows = [("before", "", "", "", "", "", "", _fmt(metrics["eval"]["before"].get("rougeL_vs_teacher")), _fmt(metrics.get("relative_score", {}).get("before")))]
+    for it in metrics.get("iterations", []):
+        d, g, e = it["discrimination"], it["generation"], it["eval"]
+        rejected = ", ".join(f"{k} {v}" for k, v in g["rejected_by_reason"].items()) or "none"
+        rows.append((
+            str(it["iteration"]), str(it["train_pool"]), str(d["refereed"]),
+            f"{d['hard']}/{d['easy']}" + (f" ({d['unparsed']} unread)" if d["unparsed"] else ""),
+            _fmt(d["hard_ratio"]), f"{_fmt(d['gap_mean'])} / {_fmt(d['gap_median'])}",
+            f"{g['kept']}/{g['target']} in {g['attempts']} ({g['kept_hard']}h {g['kept_easy']}e; rejected {rejected})",
+            _fmt(e.get("rougeL_vs_teacher")), _fmt(e.get("relative_score")),
+        ))  # fmt: skip
+    return rows
+
+
+ITERATION_COLUMNS = ("iteration", "train pool", "refereed", "hard/easy", "hard ratio", "gap mean / median", "generated kept/target in attempts", "ROUGE-L vs T", "relative score %")
+
+
+def iteration_table(metrics: dict) -> Table:
+    referee = metrics.get("relative_score", {}).get("referee", "")
+    table = Table(title=f"The loop, per iteration ({referee} referee; relative score = student total / teacher total on the held-out set)")
+    for col in ITERATION_COLUMNS:
+        table.add_column(col, justify="left" if col in ("iteration", "generated kept/target in attempts") else "right")
+    for row in iteration_rows(metrics):
+        table.add_row(*row)
     return table
