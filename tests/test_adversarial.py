@@ -66,7 +66,8 @@ def test_loglik_mapping_is_one_point_per_nat_clipped():
 
 
 def _endpoint_referee(pack, server) -> LLMReferee:
-    spec = ModelSpec(provider="openai", base_url=server.base_url, model="judge", max_retries=0, generation=GenerationSettings(batch_size=4))
+    # no response cache: these tests count what reaches the server, and the journal alone must prevent repeats
+    spec = ModelSpec(provider="openai", base_url=server.base_url, model="judge", max_retries=0, cache=False, generation=GenerationSettings(batch_size=4))
     return LLMReferee(pack, load_chat_model(spec, ModelsSettings()), "judge")
 
 
@@ -291,3 +292,19 @@ def test_balance_and_extraction_helpers():
     assert extract_instruction("Here is a new instruction:\n\nExplain how statins lower LDL cholesterol.") == "Explain how statins lower LDL cholesterol."
     assert extract_instruction("1. Compare two antibiotics for otitis media.\n2. Another") == "Compare two antibiotics for otitis media."
     assert extract_instruction('New instruction: "Describe the signs of sepsis in adults."') == "Describe the signs of sepsis in adults."
+
+
+def test_llm_referee_resumes_from_its_journal(pack, tmp_path):
+    """A kill mid-refereeing: the resumed referee asks only for verdicts it never received."""
+    judge = lambda messages: '{"score_a": 7, "score_b": 5, "reason": "ok"}'  # noqa: E731
+    pairs = [Pair(f"q{i}", f"How many legs does animal {i} have?", "It has 4 legs.", "Some legs.") for i in range(3)]
+    journal_path = tmp_path / "referee.llm.partial.jsonl"
+    with FakeOpenAIServer(reply=judge) as server:
+        full = _endpoint_referee(pack, server).score(pairs, journal=Journal(journal_path))
+        assert len(server.requests) == 6
+    lines = journal_path.read_text().splitlines()
+    journal_path.write_text("\n".join(lines[:4]) + "\n" + lines[4][:10])  # four verdicts kept, a torn fifth line
+    with FakeOpenAIServer(reply=judge) as server:
+        resumed = _endpoint_referee(pack, server).score(pairs, journal=Journal(journal_path))
+        assert len(server.requests) == 2
+    assert [(r["id"], r["teacher_score"], r["student_score"]) for r in resumed] == [(r["id"], r["teacher_score"], r["student_score"]) for r in full]
