@@ -17,12 +17,18 @@ from sdk.errors import DistilleryError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distill a small domain assistant from a teacher LLM.")
 packs_app = typer.Typer(no_args_is_help=True, help="List, show, validate and scaffold domain packs.")
 app.add_typer(packs_app, name="packs")
+cache_app = typer.Typer(no_args_is_help=True, help="The persistent response cache shared by all runs on this machine.")
+app.add_typer(cache_app, name="cache")
 out = Console()
 
 
 def _finish(result) -> None:
-    from sdk.report import summary_table
+    from sdk.report import iteration_table, summary_table
 
+    if result.status != "finished":  # e.g. a budget was reached: the reason has been printed
+        out.print(f"run directory: {result.run_dir} (status: {result.status}; finish it with `distill resume {result.run_dir}`)")
+        return
+    out.print(iteration_table(result.metrics))
     out.print(summary_table(result.metrics))
     out.print(f"run directory: {result.run_dir}\nstudent: {result.student_path}\nreport: {Path(result.run_dir) / 'report.html'}")
 
@@ -43,11 +49,14 @@ def run(
 
 
 @app.command()
-def resume(run_dir: Path = typer.Argument(..., help="a run directory made by `distill run`")):
+def resume(
+    run_dir: Path = typer.Argument(..., help="a run directory made by `distill run`"),
+    set_: List[str] = typer.Option([], "--set", help="change a recipe key before resuming, e.g. a budget: --set models.teacher.budget.max_calls=500"),
+):
     """Finish a stopped run; finished stages and teacher calls are not paid for again."""
     from sdk.api import resume as resume_run
 
-    _finish(resume_run(run_dir))
+    _finish(resume_run(run_dir, set=set_))
 
 
 @app.command()
@@ -55,12 +64,13 @@ def report(run_dir: Path = typer.Argument(...)):
     """Rewrite report.html from a finished run's metrics.json and print the summary."""
     import json
 
-    from sdk.report import summary_table, write_report
+    from sdk.report import iteration_table, summary_table, write_report
 
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
         raise DistilleryError(f"{run_dir} has no metrics.json (is the run finished? try `distill resume {run_dir}`)")
     metrics = json.loads(metrics_file.read_text())
+    out.print(iteration_table(metrics))
     out.print(summary_table(metrics))
     out.print(f"report: {write_report(run_dir, metrics)}")
 
@@ -198,6 +208,37 @@ def packs_new(name: str, path: Path = typer.Option(..., "--path", help="parent f
 
     root = scaffold_pack(name, path)
     out.print(f"created {root}\nnext: edit it, then `distill packs validate {root}` and `distill run --domain {name} --pack-path {path} --preset smoke`")
+
+
+@cache_app.command("stats")
+def cache_stats(path: Optional[Path] = typer.Option(None, "--path", help="cache file (default: $DISTILLERY_RESPONSE_CACHE or <cache>/responses.sqlite)")):
+    """Entries, size, hits and misses, per model."""
+    from sdk.models.cache import ResponseCache
+
+    stats = ResponseCache(path).stats()
+    table = Table(title=f"response cache {stats['path']}")
+    for col in ("model", "entries", "hits", "misses"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for model, row in sorted(stats["models"].items()):
+        table.add_row(model, str(row["entries"]), str(row["hits"]), str(row["misses"]))
+    table.caption = f"{stats['entries']} entries, {stats['bytes'] / 1e6:.2f} MB"
+    out.print(table)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    model: Optional[str] = typer.Option(None, "--model", help="clear only this model's entries (as `cache stats` names it)"),
+    yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
+    path: Optional[Path] = typer.Option(None, "--path", help="cache file (default: $DISTILLERY_RESPONSE_CACHE or <cache>/responses.sqlite)"),
+):
+    """Delete cached replies (all, or one model's)."""
+    from sdk.models.cache import ResponseCache
+
+    cache = ResponseCache(path)
+    what = f"the entries of model '{model}'" if model else "every entry"
+    if not yes and not typer.confirm(f"delete {what} from {cache.path}?"):
+        raise typer.Exit(1)
+    out.print(f"deleted {cache.clear(model)} entries from {cache.path}")
 
 
 def main() -> None:

@@ -33,7 +33,28 @@ class GenerationSettings(_Strict):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
     repetition_penalty: float = Field(1.1, ge=1.0, le=2.0, description="local models only")
-    batch_size: int = Field(8, ge=1, le=1024, description="prompts per forward pass (local) or concurrent requests (openai)")
+    batch_size: int = Field(8, ge=1, le=1024, description="prompts per forward pass (local) or concurrent requests (openai, unless concurrency is set)")
+    seed: Optional[int] = Field(None, ge=0, description="sampling seed sent to the endpoint; part of the response-cache key when temperature > 0")
+
+
+class BudgetSettings(_Strict):
+    """Spend limits for one role. A limit that is reached stops the stage cleanly (null = no limit)."""
+
+    max_calls: Optional[int] = Field(None, ge=0, description="requests sent (local: generations); retries count, cache hits do not")
+    max_tokens: Optional[int] = Field(None, ge=0, description="prompt + completion tokens, from the server's usage")
+    max_cost: Optional[float] = Field(None, ge=0, description="spend in the price unit (e.g. USD); needs the two prices")
+    prompt_price_per_mtok: Optional[float] = Field(None, ge=0, description="price of a million prompt tokens")
+    completion_price_per_mtok: Optional[float] = Field(None, ge=0, description="price of a million completion tokens")
+
+    @model_validator(mode="after")
+    def _cost_needs_prices(self) -> "BudgetSettings":
+        if self.max_cost is not None and (self.prompt_price_per_mtok is None or self.completion_price_per_mtok is None):
+            raise ValueError("max_cost needs prompt_price_per_mtok and completion_price_per_mtok")
+        return self
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in (self.max_calls, self.max_tokens, self.max_cost))
 
 
 class ModelSpec(_Strict):
@@ -52,7 +73,17 @@ class ModelSpec(_Strict):
     model: Optional[str] = Field(None, description="openai: the served model name")
     api_key_env: Optional[str] = Field(None, description="openai: NAME of the env var holding the key (never the key)")
     timeout_s: float = Field(60.0, gt=0, le=3600, description="openai: per-request timeout")
-    max_retries: int = Field(5, ge=0, le=50, description="openai: retries with backoff on 429/5xx/timeouts")
+    max_retries: int = Field(5, ge=0, le=50, description="openai: retries with backoff on 429, 5xx, timeouts and dropped connections")
+    max_malformed_retries: int = Field(2, ge=0, le=50, description="openai: re-asks after a malformed or empty reply before the row is recorded as failed")
+    backoff_base_s: float = Field(0.5, ge=0, le=600, description="openai: first retry waits about this long, doubling each time (with jitter)")
+    backoff_max_s: float = Field(60.0, ge=0, le=3600, description="openai: cap on one wait, Retry-After included")
+    concurrency: Optional[int] = Field(None, ge=1, le=4096, description="openai: requests in flight at once (null = generation.batch_size)")
+    requests_per_minute: Optional[float] = Field(None, gt=0, description="openai: request rate limit (null = none)")
+    tokens_per_minute: Optional[float] = Field(None, gt=0, description="openai: token rate limit, prompt estimate + max_new_tokens per request (null = none)")
+    # every role
+    cache: Optional[bool] = Field(None, description="keep replies in the persistent response cache (null = on for openai, off for local models)")
+    cache_path: Optional[str] = Field(None, description="response cache file (null = $DISTILLERY_RESPONSE_CACHE or <cache>/responses.sqlite)")
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
 
     @model_validator(mode="after")
@@ -63,18 +94,33 @@ class ModelSpec(_Strict):
             raise ValueError("provider 'openai' needs base_url and model")
         if self.keep_layers is not None and (not self.keep_layers or min(self.keep_layers) < 0):
             raise ValueError("keep_layers must be a non-empty list of layer indices >= 0")
+        if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
+            raise ValueError("api_key_env must be the NAME of an environment variable (letters, digits, _), not the key itself")
         return self
+
+    @property
+    def use_cache(self) -> bool:
+        return self.cache if self.cache is not None else self.provider == "openai"
+
+    @property
+    def in_flight(self) -> int:
+        return self.concurrency or self.generation.batch_size
 
 
 def _default_student() -> ModelSpec:
     return ModelSpec(provider="pruned", base="teacher", keep_every=3)
 
 
+def _default_generator() -> ModelSpec:
+    # sampled: greedy decoding would turn the same parent into the same new instruction every time
+    return ModelSpec(generation=GenerationSettings(temperature=0.8, top_p=0.95, max_new_tokens=96))
+
+
 class ModelsSettings(_Strict):
     teacher: ModelSpec = Field(default_factory=ModelSpec)
     student: ModelSpec = Field(default_factory=_default_student)
     referee: ModelSpec = Field(default_factory=ModelSpec)
-    generator: ModelSpec = Field(default_factory=ModelSpec)
+    generator: ModelSpec = Field(default_factory=_default_generator)
 
     @model_validator(mode="after")
     def _student_local(self) -> "ModelsSettings":
@@ -120,12 +166,53 @@ class LoraSettings(_Strict):
     alpha: int = Field(32, ge=1, le=4096)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: str | list[str] = Field("all-linear", description="peft target_modules")
+    merge: bool = Field(True, description="also write the adapter merged into its base at student/ (false = student/ holds the adapter, base in student/base/)")
+
+
+class KDSettings(_Strict):
+    """White-box logit distillation (TRL GKDTrainer): generalized JSD between teacher and student tokens."""
+
+    beta: float = Field(0.5, ge=0.0, le=1.0, description="0 = forward KL, 0.5 = JSD, 1 = reverse KL (MiniLLM)")
+    lmbda: float = Field(0.5, ge=0.0, le=1.0, description="on-policy fraction: share of steps trained on the student's own samples")
+    temperature: float = Field(1.0, gt=0.0, le=10.0, description="softmax temperature of the divergence and of on-policy sampling")
+    max_new_tokens: int = Field(64, ge=1, le=8192, description="tokens the student samples on an on-policy step")
+
+
+class DPOSettings(_Strict):
+    """Preference optimisation (TRL DPOTrainer) on pairs the loop builds."""
+
+    mode: Literal["teacher_over_student", "referee_ranked"] = Field(
+        "teacher_over_student", description="teacher_over_student = teacher's answer chosen over the student's on hard instructions; referee_ranked = best vs worst of sampled student answers"
+    )
+    beta: float = Field(0.1, gt=0.0, le=10.0, description="strength of the implicit KL to the reference (initial) student")
+    samples: int = Field(4, ge=2, le=64, description="referee_ranked: student answers sampled per instruction")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="sigmoid = the DPO paper's loss")
+
+
+class RLAIFSettings(_Strict):
+    """RL from AI feedback (TRL GRPOTrainer); the reward is the referee's score minus verifier penalties."""
+
+    num_generations: int = Field(4, ge=2, le=256, description="completions sampled per prompt (the GRPO group)")
+    max_new_tokens: int = Field(48, ge=1, le=8192, description="completion length")
+    temperature: float = Field(1.0, gt=0.0, le=2.0, description="sampling temperature of the completions")
+    beta: float = Field(0.0, ge=0.0, le=10.0, description="KL penalty to the reference student (0 = none, no reference model kept)")
+    penalty_warning: float = Field(1.0, ge=0.0, le=10.0, description="reward points taken off per verifier finding of severity warning")
+    penalty_error: float = Field(3.0, ge=0.0, le=10.0, description="reward points taken off per verifier finding of severity error")
+
+
+class LauncherSettings(_Strict):
+    """Where the training stage runs: in this process, or as its own multi-process job."""
+
+    kind: Literal["local", "accelerate", "deepspeed"] = Field("local", description="local = in this process; accelerate = `accelerate launch`; deepspeed = torchrun + train.deepspeed")
+    num_processes: int = Field(1, ge=1, le=4096, description="processes (GPUs) per node for a launched stage")
+    config: Optional[str] = Field(None, description="accelerate: the --config_file (e.g. configs/accelerate/zero3.yaml); a bare name is looked up in the shipped configs/accelerate/")
+    extra_args: list[str] = Field(default_factory=list, description="more launcher arguments, e.g. ['--num_machines', '2', '--machine_rank', '0']")
 
 
 class TrainSettings(_Strict):
-    method: Literal["sft"] = Field("sft", description="training objective")
+    stages: list[Literal["sft", "kd", "dpo", "rlaif"]] = Field(default_factory=lambda: ["sft"], min_length=1, description="objectives run in order each iteration, e.g. [sft, kd]")
     epochs: float = Field(3.0, gt=0, le=1000)
-    max_steps: int = Field(-1, ge=-1, description="-1 = derive from epochs")
+    max_steps: int = Field(-1, ge=-1, description="-1 = derive from epochs (per stage)")
     learning_rate: float = Field(1e-4, gt=0, le=1.0)
     batch_size: int = Field(4, ge=1, le=4096)
     grad_accum: int = Field(1, ge=1, le=4096)
@@ -135,9 +222,63 @@ class TrainSettings(_Strict):
     save_steps: int = Field(20, ge=1, description="checkpoint interval, so a killed run resumes mid-training")
     logging_steps: int = Field(5, ge=1)
     bf16: Literal["auto", "on", "off"] = Field("auto", description="auto = on when CUDA supports it")
-    deepspeed: Optional[str] = Field(None, description="path to a DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json)")
+    deepspeed: Optional[str] = Field(None, description="path to a DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); a bare name is looked up in the shipped configs/deepspeed/")
     gradient_checkpointing: bool = False
+    replay_fraction: float = Field(0.0, ge=0.0, le=0.5, description="share of each stage's data that is general-domain replay (guards against forgetting)")
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    kd: KDSettings = Field(default_factory=KDSettings)
+    dpo: DPOSettings = Field(default_factory=DPOSettings)
+    rlaif: RLAIFSettings = Field(default_factory=RLAIFSettings)
+    launcher: LauncherSettings = Field(default_factory=LauncherSettings)
+
+    @model_validator(mode="after")
+    def _stages(self) -> "TrainSettings":
+        if len(set(self.stages)) != len(self.stages):
+            raise ValueError(f"stages must not repeat an objective, got {self.stages}")
+        if self.launcher.kind == "accelerate" and not self.launcher.config:
+            raise ValueError("launcher.kind 'accelerate' needs launcher.config (an accelerate YAML, e.g. zero3.yaml)")
+        if self.launcher.kind == "deepspeed" and not self.deepspeed:
+            raise ValueError("launcher.kind 'deepspeed' needs train.deepspeed (a DeepSpeed JSON, e.g. zero3.json)")
+        return self
+
+
+class AdversarialSettings(_Strict):
+    """The Lion-style loop: imitation -> discrimination (referee) -> generation, repeated."""
+
+    iterations: int = Field(1, ge=1, le=1000, description="loop iterations; each writes iter_<k>/")
+    referee: Literal["auto", "likelihood", "llm", "both"] = Field(
+        "auto", description="auto = likelihood when the teacher is a local (white-box) model, else llm; both = score with both and report agreement"
+    )
+    tau: Optional[float] = Field(None, gt=0.0, le=9.0, description="score gap (teacher - student, 1-10) that makes an instruction hard (null = the pack's)")
+    new_per_iteration: int = Field(16, ge=0, le=1_000_000, description="N_new: generated instructions kept per iteration")
+    max_attempts: int = Field(64, ge=0, le=10_000_000, description="generator calls allowed per iteration to reach N_new")
+    hard_share: float = Field(0.5, ge=0.0, le=1.0, description="share of generated instructions made from hard examples (Lion: 0.5)")
+    max_refereed: Optional[int] = Field(None, ge=1, description="cap on cache-pool instructions refereed per iteration (sampled; null = all)")
+    train_on: Literal["new", "cache"] = Field("new", description="new = train each iteration on its train pool only (Lion); cache = on every instruction so far")
+    severe_findings_hard: bool = Field(True, description="a verifier finding of severity 'error' on the student's answer makes the instruction hard")
+
+
+class ForgettingSettings(_Strict):
+    """General-ability check: lm-eval tasks scored on the student before and after training (docs/forgetting.md)."""
+
+    enabled: bool = Field(True, description="run the forgetting check before and after training")
+    tasks: Optional[list[str]] = Field(
+        None,
+        description="lm-eval task names or the SDK's local tasks, e.g. [distillery_general, arc_easy] "
+        "(null = the pack's list; [] = no check)",
+    )
+    max_drop: Optional[float] = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="allowed drop per task (null = the pack's): accuracy points for accuracy-type metrics, "
+        "relative increase for bits per byte",
+    )
+    limit: Optional[int] = Field(None, ge=1, description="items per task (null = all)")
+    batch_size: int = Field(8, ge=1, le=1024, description="lm-eval batch size")
+    local_only: bool = Field(
+        False, description="allow only the SDK's bundled tasks, so the check can never reach the network"
+    )
 
 
 class EvalSettings(_Strict):
@@ -155,7 +296,9 @@ class Recipe(_Strict):
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     curation: CurationSettings = Field(default_factory=CurationSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    adversarial: AdversarialSettings = Field(default_factory=AdversarialSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    forgetting: ForgettingSettings = Field(default_factory=ForgettingSettings)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

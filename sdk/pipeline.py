@@ -226,7 +226,7 @@ class Pipeline:
             passages = sample_passages(chunks, cur.passages, subareas, self.recipe.seed)
             generator_name = describe(self.recipe.models.generator, self.recipe.models)
             journal = self.store.journal(f"{it}/synthesis.partial.jsonl")
-            candidates, rejected = synthesize(self.pack, passages, self.model("generator"), generator_name, cur.per_passage, cur.min_words, cur.max_words, journal=journal)
+            candidates, rejected = synthesize(self.pack, passages, self.model("generator"), generator_name, cur.per_passage, cur.min_words, cur.max_words, journal=journal, budget=self.budget("generator"))
         kept = []
         if candidates:
             seeds = [r["instruction"] for r in seed_pool(self.pack, self.recipe.data.max_seeds, self.recipe.seed)]

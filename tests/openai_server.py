@@ -1,70 +1,235 @@
-"""A real local HTTP server that speaks the OpenAI chat-completions protocol, for tests.
+"""A real local HTTP server that speaks the OpenAI chat-completions protocol, for tests and benches.
 
-Replies are canned: parsing and transport are what is under test, not the model.
+FastAPI on uvicorn, bound to 127.0.0.1 on a free port, run in a background thread:
+
+    with FakeOpenAIServer(faults=["429", "500"], latency=0.2) as server:
+        ... point a client at server.base_url ...
+    server.requests   # every request body that reached the server, faulted ones included
+
+Replies come from `reply(messages) -> str`: canned text by default, or a real model through
+`model_reply(chat_model)`. Faults, by name:
+    429        HTTP 429 with a Retry-After header (`retry_after`)
+    500, 503   HTTP 500 / 503
+    400        HTTP 400 (a request the server will never accept)
+    401        HTTP 401 (a wrong key)
+    echo_auth  HTTP 400 whose error message repeats the Authorization header (a careless server)
+    slow       the reply comes after `slow_s` seconds (longer than a client's timeout)
+    drop       the connection closes halfway through the body
+    malformed  HTTP 200 with a body that is not JSON
+    empty      HTTP 200 with an empty message
+    garbage    HTTP 200 with JSON that is not a chat completion
+A request gets a fault from, in order: `fault_first`-style counters, the `faults` script (one per
+request, "ok" for none), `fault_on` (prompt substring -> fault), then `random_faults` (a probability,
+with a seeded generator).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import logging
+import random
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+FAULTS = ("429", "500", "503", "400", "401", "echo_auth", "slow", "drop", "malformed", "empty", "garbage")
+
+
+def model_reply(chat_model):
+    """A reply function that answers with a real chat model (e.g. the embedded teacher)."""
+    lock = threading.Lock()
+
+    def reply(messages):
+        with lock:
+            return chat_model.generate([messages])[0]
+
+    return reply
+
+
+def canned_reply(messages):
+    """The default reply: 'ok: ' and the last user turn (fast, so it runs on the server's event loop)."""
+    return "ok: " + messages[-1]["content"]
+
+
+def _words(text: str) -> int:
+    return max(1, len(str(text).split()))
 
 
 class FakeOpenAIServer:
-    def __init__(self, reply=lambda messages: "ok: " + messages[-1]["content"], fail_first: int = 0, always_fail_on: str | None = None):
+    def __init__(
+        self,
+        reply=canned_reply,
+        fail_first: int = 0,
+        always_fail_on: str | None = None,
+        *,
+        faults: list[str] | tuple = (),
+        fault_on: dict[str, str] | None = None,
+        random_faults: float = 0.0,
+        random_kinds: tuple = ("429", "500", "slow", "drop", "malformed", "empty"),
+        seed: int = 0,
+        latency: float = 0.0,
+        slow_s: float = 3.0,
+        retry_after: str = "1",
+        usage: tuple[int, int] | None = None,
+    ):
+        for name in list(faults) + list((fault_on or {}).values()) + list(random_kinds):
+            if name not in FAULTS + ("ok",):
+                raise ValueError(f"unknown fault '{name}' (allowed: {', '.join(FAULTS)}, ok)")
         self.reply = reply
         self.fail_first = fail_first  # answer 503 to this many requests first
         self.always_fail_on = always_fail_on  # answer 500 to any prompt containing this text
+        self.faults = list(faults)
+        self.fault_on = dict(fault_on or {})
+        self.random_faults = random_faults
+        self.random_kinds = tuple(random_kinds)
+        self.rng = random.Random(seed)
+        self.latency = latency  # added to every request, faulted or not
+        self.slow_s = slow_s
+        self.retry_after = retry_after
+        self.usage = usage  # fixed (prompt_tokens, completion_tokens); default: word counts
         self.requests: list[dict] = []
         self.auth_headers: list[str] = []
+        self.served: list[str] = []  # the fault (or "ok") each request got, in arrival order
+        self.times: list[float] = []  # time.monotonic() of each arrival
+        self.in_flight = 0
+        self.max_in_flight = 0  # most requests open at once
         self._lock = threading.Lock()
-        server = self
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        # proto=IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections (else Nagle's
+        # algorithm and delayed ACKs add about 40 ms to every reply)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.app = self._make_app()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server._lock:
-                    server.requests.append(body)
-                    server.auth_headers.append(self.headers.get("Authorization", ""))
-                    failing = server.fail_first > 0
-                    server.fail_first -= failing
-                prompt = body["messages"][-1]["content"]
-                if failing or (server.always_fail_on and server.always_fail_on in prompt):
-                    return self._send(503 if failing else 500, {"error": {"message": "overloaded"}})
-                self._send(
-                    200,
-                    {
-                        "id": "cmpl-1",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": body["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": server.reply(body["messages"])}}],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                    },
-                )
-
-            def _send(self, status, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
+    # bookkeeping ------------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}/v1"
 
-    def __enter__(self):
-        self.thread.start()
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def prompts(self) -> list[str]:
+        with self._lock:
+            return [r["messages"][-1]["content"] for r in self.requests]
+
+    def _pick_fault(self, prompt: str) -> str:
+        with self._lock:
+            if self.fail_first > 0:
+                self.fail_first -= 1
+                return "503"
+            if self.faults:
+                return self.faults.pop(0)
+        if self.always_fail_on and self.always_fail_on in prompt:
+            return "500"
+        for text, fault in self.fault_on.items():
+            if text in prompt:
+                return fault
+        with self._lock:
+            if self.random_faults and self.rng.random() < self.random_faults:
+                return self.rng.choice(self.random_kinds)
+        return "ok"
+
+    # the app ----------------------------------------------------------------------------------
+    def _make_app(self) -> FastAPI:
+        app = FastAPI()
+        server = self
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request):
+            body = await request.json()
+            prompt = str(body["messages"][-1]["content"]) if body.get("messages") else ""
+            with server._lock:
+                server.requests.append(body)
+                server.auth_headers.append(request.headers.get("authorization", ""))
+                server.times.append(time.monotonic())
+            fault = server._pick_fault(prompt)
+            with server._lock:
+                server.served.append(fault)
+                server.in_flight += 1
+                server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            try:
+                if server.latency:
+                    await asyncio.sleep(server.latency)
+                return await server._respond(fault, body, request.headers.get("authorization", ""))
+            finally:
+                with server._lock:
+                    server.in_flight -= 1
+
+        return app
+
+    async def _respond(self, fault: str, body: dict, auth: str) -> Response:
+        if fault == "429":
+            return JSONResponse({"error": {"message": "rate limited", "type": "rate_limit"}}, 429, headers={"Retry-After": self.retry_after})
+        if fault in ("500", "503"):
+            return JSONResponse({"error": {"message": "overloaded"}}, int(fault))
+        if fault in ("400", "401"):
+            return JSONResponse({"error": {"message": "bad request" if fault == "400" else "invalid key"}}, int(fault))
+        if fault == "echo_auth":
+            return JSONResponse({"error": {"message": f"cannot use the header '{auth}'"}}, 400)
+        if fault == "malformed":
+            return Response('{"id": "cmpl-1", "choices": [{"message": ', 200, media_type="application/json")
+        if fault == "garbage":
+            return JSONResponse({"hello": "world"})
+        if fault == "drop":
+
+            async def torn():
+                yield b'{"id": "cmpl-1", "object": "chat.completion", '
+                raise ConnectionAbortedError("fault injection: drop the connection")
+
+            return StreamingResponse(torn(), media_type="application/json")
+        if fault == "slow":
+            await asyncio.sleep(self.slow_s)
+        if fault == "empty":
+            text = ""
+        elif self.reply is canned_reply:
+            text = canned_reply(body["messages"])
+        else:  # a reply function may block (a model, a wait): keep the event loop free
+            text = await asyncio.to_thread(self.reply, body["messages"])
+        prompt_words = sum(_words(m.get("content", "")) for m in body["messages"])
+        usage = self.usage or (prompt_words, _words(text))
+        return JSONResponse(
+            {
+                "id": "cmpl-1",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", ""),
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": usage[0] + usage[1]},
+            }
+        )
+
+    # lifecycle --------------------------------------------------------------------------------
+    def start(self) -> "FakeOpenAIServer":
+        config = uvicorn.Config(self.app, log_level="critical", access_log=False, timeout_graceful_shutdown=1, backlog=2048)
+        self._server = uvicorn.Server(config)
+        logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
         return self
 
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+        self._sock.close()
+
+    def __enter__(self):
+        return self.start()
+
     def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.stop()

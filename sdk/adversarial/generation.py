@@ -121,9 +121,8 @@ def generate_instructions(pack, generator, generator_name: str, hard: list[dict]
             failed = isinstance(reply, BaseException)
             return {"id": keys[i], "reply": None if failed else reply, "error": f"{type(reply).__name__}: {reply}" if failed else None}
 
-        kwargs = {"budget": budget} if budget is not None else {}
         # A budget that runs out raises here; the journal keeps every reply, so a resume replays them.
-        generator.generate_journaled(keys, convs, journal, to_row, f"generating instructions (iteration {plan.iteration})", **kwargs)
+        generator.generate_journaled(keys, convs, journal, to_row, f"generating instructions (iteration {plan.iteration})", budget=budget)
         for key, side, parent in specs:
             _decide(journal.done[key], side, parent, filt, pool_ids, plan, generator_name, versions[side], kept, out)
 

@@ -195,8 +195,7 @@ class LLMReferee:
             failed = isinstance(out, BaseException)
             return {"id": keys[i], "raw": None if failed else out, "error": f"{type(out).__name__}: {out}" if failed else None}
 
-        kwargs = {"budget": self.budget} if self.budget is not None else {}
-        self.model.generate_journaled(keys, conversations, journal, to_row, description, **kwargs)
+        self.model.generate_journaled(keys, conversations, journal, to_row, description, budget=self.budget)
 
     def score(self, pairs: Sequence[Pair], journal=None, description: str = "LLM referee") -> list[dict]:
         from sdk.store import Journal

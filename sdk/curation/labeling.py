@@ -38,6 +38,5 @@ def label_rows(rows: list[dict], teacher, teacher_name: str, system_prompt: str,
         return labeled
 
     conversations = answer_conversations(system_prompt, [teacher_prompt(r, use_context) for r in rows])
-    kwargs = {"budget": budget} if budget is not None else {}  # a role's call budget (sdk.models.budget)
-    teacher.generate_journaled([r["id"] for r in rows], conversations, journal, to_row, description, **kwargs)
+    teacher.generate_journaled([r["id"] for r in rows], conversations, journal, to_row, description, budget=budget)
     return [journal.done[r["id"]] for r in rows]

@@ -121,7 +121,7 @@ def prompt_version(pack, name: str = "synthesis") -> str:
     return hashlib.sha256(pack.prompt_path(name).read_bytes()).hexdigest()[:12]
 
 
-def synthesize(pack, passages: list[dict], generator, generator_name: str, per_passage: int, min_words: int = 4, max_words: int = 150, journal=None) -> tuple[list[dict], list[dict]]:
+def synthesize(pack, passages: list[dict], generator, generator_name: str, per_passage: int, min_words: int = 4, max_words: int = 150, journal=None, budget=None) -> tuple[list[dict], list[dict]]:
     """Return (candidates, rejected). Candidates still need the diversity filter.
 
     With a `journal` (sdk.store.Journal), each generator reply is recorded as it arrives, so a resumed
@@ -138,7 +138,7 @@ def synthesize(pack, passages: list[dict], generator, generator_name: str, per_p
         return {"id": ids[i], "reply": None if failed else out, "error": f"{type(out).__name__}: {out}" if failed else None}
 
     prompts = [[{"role": "user", "content": pack.render("synthesis", passage=p["text"], n=per_passage)}] for p in passages]
-    generator.generate_journaled(ids, prompts, journal, to_row, "synthesising instructions")
+    generator.generate_journaled(ids, prompts, journal, to_row, "synthesising instructions", budget=budget)
 
     candidates, rejected = [], []
     for passage, base_id in zip(passages, ids):

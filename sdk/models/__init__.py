@@ -14,6 +14,8 @@ from pathlib import Path
 from sdk.config import ModelSpec, ModelsSettings
 from sdk.errors import ModelError
 from sdk.models.embedded import EMBEDDED_NAME, embedded_model_dir
+from sdk.models.budget import Budget
+from sdk.models.cache import ResponseCache
 from sdk.models.local import LocalChatModel
 from sdk.models.openai_backend import OpenAIChatModel
 from sdk.models.pruned import prune_layers
@@ -71,11 +73,20 @@ def load_local(spec: ModelSpec, models: ModelsSettings | None = None):
 
 
 def load_chat_model(spec: ModelSpec, models: ModelsSettings | None = None, name: str | None = None):
-    """A chat model with `.generate(conversations)`: local weights or an endpoint."""
+    """A chat model with `.generate(conversations)`: local weights or an endpoint.
+
+    With `spec.use_cache` (on by default for endpoints) replies go through the persistent response
+    cache at `spec.cache_path` (default: $DISTILLERY_RESPONSE_CACHE or <cache>/responses.sqlite).
+    """
     if spec.provider == "openai":
-        return OpenAIChatModel(spec, spec.generation)
-    model, tokenizer = load_local(spec, models)
-    return LocalChatModel(model, tokenizer, name or describe(spec, models), spec.generation)
+        chat = OpenAIChatModel(spec, spec.generation)
+    else:
+        model, tokenizer = load_local(spec, models)
+        chat = LocalChatModel(model, tokenizer, name or describe(spec, models), spec.generation)
+        chat.cache_provider, chat.cache_model = spec.provider, describe(spec, models)
+    if spec.use_cache:
+        chat.cache = ResponseCache(spec.cache_path)
+    return chat
 
 
-__all__ = ["describe", "load_local", "load_chat_model", "LocalChatModel", "OpenAIChatModel", "embedded_model_dir"]
+__all__ = ["describe", "load_local", "load_chat_model", "LocalChatModel", "OpenAIChatModel", "embedded_model_dir", "Budget", "ResponseCache"]

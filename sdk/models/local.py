@@ -33,13 +33,33 @@ class LocalChatModel(ChatBackend):
     def render(self, messages: Messages, add_generation_prompt: bool = True) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
+    def cache_params(self, settings: GenerationSettings) -> dict:
+        return dict(super().cache_params(settings), repetition_penalty=settings.repetition_penalty)
+
+    def _answer(self, items: list[tuple[int, Messages]], settings: GenerationSettings, budget, emit) -> None:
+        """Sort the prompts by token length, longest first, so each batch pads little; emit per batch."""
+        texts = [self.render(m) for _, m in items]
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        order = sorted(range(len(items)), key=lambda k: -lengths[k])
+        for start in range(0, len(order), settings.batch_size):
+            batch = order[start : start + settings.batch_size]
+            granted = budget.reserve(len(batch)) if budget is not None else len(batch)
+            if granted:
+                outputs = self._generate_texts([texts[k] for k in batch[:granted]], settings, budget)
+                emit([(items[k][0], out) for k, out in zip(batch, outputs)])
+            if granted < len(batch):
+                raise budget.error(self.name)
+
     def _generate_chunk(self, conversations: Sequence[Messages], settings: GenerationSettings) -> list:
+        return self._generate_texts([self.render(m) for m in conversations], settings)
+
+    def _generate_texts(self, prompts: list[str], settings: GenerationSettings, budget=None) -> list[str]:
         """One left-padded batch: every prompt ends at the same column, so new tokens line up."""
         import torch
 
         tok = self.tokenizer
         tok.padding_side = "left"
-        enc = tok([self.render(m) for m in conversations], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(self.device)
         sample = settings.temperature > 0
         with torch.inference_mode():
@@ -54,6 +74,8 @@ class LocalChatModel(ChatBackend):
                 pad_token_id=tok.pad_token_id,
             )
         new_tokens = out[:, enc["input_ids"].shape[1] :]
+        if budget is not None:
+            budget.record(int(enc["attention_mask"].sum()), int((new_tokens != tok.pad_token_id).sum()))
         return [t.strip() for t in tok.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def loglik(self, conversations: Sequence[Messages], answers: Sequence[str], batch_size: int = 8) -> list[float | None]:

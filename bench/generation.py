@@ -1,0 +1,98 @@
+"""Benchmark: local generation on the embedded teacher, batched (length-sorted, left-padded) vs one at a time.
+
+    python bench/generation.py                        # 16 prompts, 24 new tokens, batch 8, 2 rounds
+    python bench/generation.py --prompts 32 --batch-size 16 --max-new-tokens 48
+
+Three methods on the same prompts, greedy: one prompt at a time; batches in input order; batches of
+length-sorted prompts (what LocalChatModel does). Tokens counted are the new tokens each answer
+really has (up to its end-of-sequence), so the rates are comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+from sdk.config import GenerationSettings, ModelsSettings
+from sdk.models import load_chat_model
+from sdk.models.base import ChatBackend
+
+TOPICS = ["blood pressure", "a fever in a child", "dehydration", "a sprained ankle", "insulin doses", "sepsis", "asthma inhalers", "a burn on the hand"]
+FRAMES = [
+    "What is {t}?",
+    "Explain {t} to a patient in plain words.",
+    "List three warning signs related to {t} that should send someone to a doctor, and say why each one matters.",
+    "A nurse asks about {t}. Give a short, careful answer with one practical tip.",
+]
+
+
+def prompts(n: int, seed: int = 0) -> list[list[dict]]:
+    rng = random.Random(seed)
+    return [[{"role": "user", "content": rng.choice(FRAMES).format(t=rng.choice(TOPICS))}] for _ in range(n)]
+
+
+def new_tokens(chat, answers: list[str]) -> int:
+    return sum(len(chat.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+
+
+def in_input_order(chat, convs, settings) -> list[str]:
+    """Batches in input order (no length sort): the generic chunked path of ChatBackend."""
+    results: list = [None] * len(convs)
+
+    def keep(done):
+        for i, out in done:
+            results[i] = out
+
+    ChatBackend._answer(chat, list(enumerate(convs)), settings, None, keep)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=2, help="each round runs every method once, in a rotated order, so load changes on a shared machine hit all alike")
+    args = parser.parse_args()
+
+    import os
+
+    import torch
+
+    torch.manual_seed(0)
+    ms = ModelsSettings()
+    chat = load_chat_model(ms.teacher.model_copy(update={"cache": False}), ms)
+    convs = prompts(args.prompts)
+    batched = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    single = batched.model_copy(update={"batch_size": 1})
+    chat.generate(convs[:2], settings=single)  # warm-up
+
+    methods = {
+        "one at a time": lambda: chat.generate(convs, settings=single),
+        "batched, input order": lambda: in_input_order(chat, convs, batched),
+        "batched, length-sorted": lambda: chat.generate(convs, settings=batched),
+    }
+    seconds = dict.fromkeys(methods, 0.0)
+    tokens = dict.fromkeys(methods, 0)
+    outputs = {}
+    names = list(methods)
+    for r in range(args.rounds):
+        for name in names[r % 3 :] + names[: r % 3]:
+            start = time.perf_counter()
+            outputs[name] = methods[name]()
+            seconds[name] += time.perf_counter() - start
+            tokens[name] += new_tokens(chat, outputs[name])
+
+    rate = {name: tokens[name] / seconds[name] for name in methods}
+    print(f"embedded teacher {chat.name}: {args.prompts} prompts, up to {args.max_new_tokens} new tokens, batch {args.batch_size}, {args.rounds} rounds; torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
+    for name in methods:
+        print(f"  {name:<24} {rate[name]:8.1f} tokens/s  ({seconds[name]:.1f} s)")
+    base = rate["one at a time"]
+    print(f"speed-up vs one at a time: batched length-sorted {rate['batched, length-sorted'] / base:.2f}x, batched input order {rate['batched, input order'] / base:.2f}x")
+    same = sum(a == b for a, b in zip(outputs["one at a time"], outputs["batched, length-sorted"]))
+    print(f"length-sorted batched answers identical to one-at-a-time: {same}/{len(convs)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""A persistent response cache shared by every run on a machine: one SQLite file.
+
+The key is a sha256 of canonical JSON: provider, model name (not the URL), messages and sampling
+parameters; with temperature > 0 the seed and the sample number are part of it too. A hit makes no
+call. Only successful replies are stored, one commit each, so a kill loses at most the replies in
+flight. WAL mode lets several processes read and write at once; a writer waits (busy timeout) for
+another's commit instead of failing. SIGKILL cannot corrupt the file: SQLite commits are atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from sdk.paths import cache_dir
+
+ENV = "DISTILLERY_RESPONSE_CACHE"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key TEXT PRIMARY KEY, provider TEXT NOT NULL, model TEXT NOT NULL, response TEXT NOT NULL, created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS responses_model ON responses (model);
+CREATE TABLE IF NOT EXISTS counters (model TEXT PRIMARY KEY, hits INTEGER NOT NULL DEFAULT 0, misses INTEGER NOT NULL DEFAULT 0);
+"""
+
+
+def default_cache_path() -> Path:
+    """$DISTILLERY_RESPONSE_CACHE, else <user cache>/responses.sqlite."""
+    configured = os.environ.get(ENV)
+    return Path(configured) if configured else cache_dir() / "responses.sqlite"
+
+
+def cache_key(provider: str, model: str, messages: list[dict], params: dict) -> str:
+    """sha256 of the canonical JSON of everything that decides a reply."""
+    blob = json.dumps({"provider": provider, "model": model, "messages": messages, "params": params}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else default_cache_path()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = None
+        self._lock = threading.Lock()
+
+    def _db(self) -> sqlite3.Connection:
+        # One connection per process (a forked child opens its own), opened on first use.
+        if self._conn is None or self._pid != os.getpid():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: atomic and safe against a process kill
+            conn.executescript(_SCHEMA)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db().execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def get_many(self, keys: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with self._lock:
+            db = self._db()
+            for start in range(0, len(keys), 500):
+                part = keys[start : start + 500]
+                marks = ",".join("?" * len(part))
+                found.update(db.execute(f"SELECT key, response FROM responses WHERE key IN ({marks})", part).fetchall())
+        return found
+
+    def put(self, key: str, provider: str, model: str, response: str) -> None:
+        """Store one reply and commit it (the first writer of a key wins; replies for a key are equivalent)."""
+        with self._lock:
+            self._db().execute(
+                "INSERT OR IGNORE INTO responses (key, provider, model, response, created) VALUES (?, ?, ?, ?, ?)",
+                (key, provider, model, response, time.time()),
+            )
+
+    def count(self, model: str, hits: int, misses: int) -> None:
+        if not (hits or misses):
+            return
+        with self._lock:
+            self._db().execute(
+                "INSERT INTO counters (model, hits, misses) VALUES (?, ?, ?) "
+                "ON CONFLICT(model) DO UPDATE SET hits = hits + excluded.hits, misses = misses + excluded.misses",
+                (model, hits, misses),
+            )
+
+    def stats(self) -> dict:
+        """Entries, file size, and per model: entries, hits, misses."""
+        if not self.path.exists():
+            return {"path": str(self.path), "entries": 0, "bytes": 0, "models": {}}
+        with self._lock:
+            db = self._db()
+            per = {m: {"entries": n, "hits": 0, "misses": 0} for m, n in db.execute("SELECT model, COUNT(*) FROM responses GROUP BY model")}
+            for m, h, miss in db.execute("SELECT model, hits, misses FROM counters"):
+                per.setdefault(m, {"entries": 0, "hits": 0, "misses": 0}).update(hits=h, misses=miss)
+        size = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
+        return {"path": str(self.path), "entries": sum(v["entries"] for v in per.values()), "bytes": size, "models": per}
+
+    def clear(self, model: str | None = None) -> int:
+        """Delete every entry (or one model's); returns how many were deleted."""
+        if not self.path.exists():
+            return 0
+        with self._lock:
+            db = self._db()
+            if model is None:
+                n = db.execute("DELETE FROM responses").rowcount
+                db.execute("DELETE FROM counters")
+            else:
+                n = db.execute("DELETE FROM responses WHERE model = ?", (model,)).rowcount
+                db.execute("DELETE FROM counters WHERE model = ?", (model,))
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if model is None:
+            with self._lock:
+                self._db().execute("VACUUM")
+        return n
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
