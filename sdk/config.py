@@ -265,7 +265,7 @@ class ForgettingSettings(_Strict):
     tasks: Optional[list[str]] = Field(
         None,
         description="lm-eval task names or the SDK's local tasks, e.g. [distillery_general, arc_easy] "
-        "(null = the pack's list; [] = no check)",
+        "(null or [] = the pack's list; enabled=false skips the check)",
     )
     max_drop: Optional[float] = Field(
         None,
