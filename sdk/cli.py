@@ -22,7 +22,10 @@ app.add_typer(cache_app, name="cache")
 out = Console()
 
 
-def _finish(result) -> None:
+STRICT_HELP = "exit with status 3 when a check fails (the forgetting gate)"
+
+
+def _finish(result, strict: bool = False) -> None:
     from sdk.report import iteration_table, summary_table
 
     if result.status != "finished":  # e.g. a budget was reached: the reason has been printed
@@ -31,6 +34,10 @@ def _finish(result) -> None:
     out.print(iteration_table(result.metrics))
     out.print(summary_table(result.metrics))
     out.print(f"run directory: {result.run_dir}\nstudent: {result.student_path}\nreport: {Path(result.run_dir) / 'report.html'}")
+    failed = [v for v in result.metrics.get("checks", {}).values() if v != "passed"]
+    if strict and failed:
+        Console(stderr=True).print(f"--strict: {'; '.join(failed)}")
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -41,22 +48,24 @@ def run(
     set_: List[str] = typer.Option([], "--set", help="override a recipe key: --set train.epochs=2 (repeatable)"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where to write the run (default runs/<domain>-<preset>-<time>)"),
     pack_path: List[Path] = typer.Option([], "--pack-path", help="extra folder to discover packs in (repeatable)"),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ):
     """Run the distillation loop for a domain."""
     from sdk.api import distill
 
-    _finish(distill(domain=domain, preset=preset, run_dir=run_dir, config=config, pack_paths=pack_path, set=set_))
+    _finish(distill(domain=domain, preset=preset, run_dir=run_dir, config=config, pack_paths=pack_path, set=set_), strict)
 
 
 @app.command()
 def resume(
     run_dir: Path = typer.Argument(..., help="a run directory made by `distill run`"),
     set_: List[str] = typer.Option([], "--set", help="change a recipe key before resuming, e.g. a budget: --set models.teacher.budget.max_calls=500"),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ):
     """Finish a stopped run; finished stages and teacher calls are not paid for again."""
     from sdk.api import resume as resume_run
 
-    _finish(resume_run(run_dir, set=set_))
+    _finish(resume_run(run_dir, set=set_), strict)
 
 
 @app.command()

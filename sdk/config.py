@@ -254,7 +254,6 @@ class AdversarialSettings(_Strict):
     max_attempts: int = Field(64, ge=0, le=10_000_000, description="generator calls allowed per iteration to reach N_new")
     hard_share: float = Field(0.5, ge=0.0, le=1.0, description="share of generated instructions made from hard examples (Lion: 0.5)")
     max_refereed: Optional[int] = Field(None, ge=1, description="cap on cache-pool instructions refereed per iteration (sampled; null = all)")
-    train_on: Literal["new", "cache"] = Field("new", description="new = train each iteration on its train pool only (Lion); cache = on every instruction so far")
     severe_findings_hard: bool = Field(True, description="a verifier finding of severity 'error' on the student's answer makes the instruction hard")
 
 

@@ -57,6 +57,19 @@ def quiet_libraries() -> None:
     datasets.utils.logging.set_verbosity_error()
 
 
+def summarise_train(metrics: dict, rows: int, init) -> dict:
+    """One iteration's training: per-stage metrics plus the totals the report plots."""
+    stages = metrics.get("stages", {})
+    history, offset = [], 0
+    for name, m in stages.items():
+        for h in m.get("loss_history", []):
+            history.append({"step": h["step"] + offset, "loss": h["loss"], "stage": name})
+        offset += m.get("steps", 0)
+    losses = [h["loss"] for h in history]
+    return dict(metrics, rows=rows, init=str(init) if init else "initial student", steps=offset, loss_history=history,
+                first_logged_loss=losses[0] if losses else None, last_logged_loss=losses[-1] if losses else None)  # fmt: skip
+
+
 def it_name(k: int) -> str:
     return f"iter_{k:02d}"
 
@@ -170,6 +183,8 @@ class Pipeline:
         self.store.set_status("running")
         try:
             self._stage("ingest", self.stage_ingest)
+            if self.forgetting_tasks():
+                self._stage("forgetting_before", self.stage_forgetting_before)
             self._stage("synthesize", self.stage_synthesize)
             self._stage("eval_teacher", self.stage_eval_teacher)
             self._stage("eval_before", self.stage_eval_before)
@@ -181,6 +196,8 @@ class Pipeline:
                 self._stage(f"{it}/eval", lambda k=k: self.stage_eval_iteration(k))
                 self._stage(f"{it}/discriminate", lambda k=k: self.stage_discriminate(k))
                 self._stage(f"{it}/generate", lambda k=k: self.stage_generate(k))
+            if self.forgetting_tasks():
+                self._stage("forgetting_after", self.stage_forgetting_after)
             self._stage("finalize", self.stage_finalize)
         except BudgetExhausted as exc:
             reason = f"stopped: budget reached ({exc})"
@@ -241,6 +258,39 @@ class Pipeline:
         outputs = [self.store.write_jsonl(f"{it}/synthesized.jsonl", kept), self.store.write_jsonl(f"{it}/synthesis_rejected.jsonl", rejected)]
         self.store.journal(f"{it}/synthesis.partial.jsonl").remove()
         return outputs
+
+    # forgetting ---------------------------------------------------------------------------------
+    def forgetting_tasks(self) -> list[str]:
+        from sdk.evaluate.forgetting import resolve_tasks
+
+        f = self.recipe.forgetting
+        return resolve_tasks(f.tasks, self.pack.spec.forgetting.tasks, local_only=f.local_only) if f.enabled else []
+
+    def general_scores(self, student_path: Path | None, tag: str) -> dict:
+        from sdk.evaluate.forgetting import evaluate_general
+
+        f = self.recipe.forgetting
+        student = self.load_student(student_path, tag)
+        log(f"forgetting check ({tag}): {', '.join(self.forgetting_tasks())}" + (f", {f.limit} items per task" if f.limit else ""))
+        return evaluate_general(student.model, student.tokenizer, self.forgetting_tasks(), limit=f.limit, batch_size=f.batch_size)
+
+    def stage_forgetting_before(self):
+        from sdk.evaluate.forgetting import load_tasks
+
+        load_tasks(self.forgetting_tasks())  # an unknown task or missing data fails here, in seconds
+        return [self.store.write_json("eval/forgetting_before.json", self.general_scores(None, "before"))]
+
+    def stage_forgetting_after(self):
+        from sdk.evaluate.forgetting import forgetting_record
+
+        f = self.recipe.forgetting
+        max_drop = f.max_drop if f.max_drop is not None else self.pack.spec.forgetting.max_drop
+        after = self.general_scores(self.student_dir(self.recipe.adversarial.iterations - 1), "after")
+        before = self.store.read_json("eval/forgetting_before.json")
+        replay = getattr(self.recipe.train, "replay_fraction", 0.0)
+        record = forgetting_record(before, after, max_drop, replay_fraction=replay, limit=f.limit)
+        log(("[green]" if record["gate"]["passed"] else "[bold red]") + record["gate"]["verdict"] + "[/]")
+        return [self.store.write_json("eval/forgetting.json", record)]
 
     # the held-out set -------------------------------------------------------------------------
     def _eval_rows(self) -> list[dict]:
@@ -315,6 +365,11 @@ class Pipeline:
             prev = it_name(k - 1)
             train_pool = [dict(r, source="generated", origin=r["source"]) for r in self.store.read_jsonl(f"{prev}/generated.jsonl")]
             cache_pool = self.store.read_jsonl(f"{prev}/cache_pool.jsonl") + train_pool
+        fraction = self.recipe.train.replay_fraction
+        if fraction and train_pool:
+            from sdk.train.replay import replay_count, replay_instructions
+
+            train_pool = train_pool + replay_instructions(replay_count(len(train_pool), fraction), self.recipe.seed + k)
         log(f"{it}: train pool {len(train_pool)}, cache pool {len(cache_pool)}")
         return [self.store.write_jsonl(f"{it}/train_pool.jsonl", train_pool), self.store.write_jsonl(f"{it}/cache_pool.jsonl", cache_pool)]
 
@@ -338,15 +393,10 @@ class Pipeline:
         return answers
 
     def stage_train(self, k: int):
-        from sdk.train.common import save_student
-        from sdk.train.sft import train_sft
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from sdk.train.runner import train_student
 
         it = it_name(k)
-        if self.recipe.adversarial.train_on == "cache":
-            rows = list(self.teacher_answers(k).values())
-        else:
-            rows = [r for r in self.store.read_jsonl(f"{it}/teacher.jsonl") if r["status"] == "ok"]
+        rows = [r for r in self.store.read_jsonl(f"{it}/teacher.jsonl") if r["status"] == "ok"]
         if not rows:
             if k == 0:
                 raise DistilleryError(f"no usable teacher answers to train on (see {self.store.path(it, 'teacher.jsonl')} for the reasons)")
@@ -354,15 +404,35 @@ class Pipeline:
             self.store.write_json(f"{it}/train_metrics.json", {"skipped": "empty train pool", "steps": 0, "loss_history": []})
             return []
         init = self.student_dir(k - 1)
-        if init is not None:
-            model, tokenizer = AutoModelForCausalLM.from_pretrained(init), AutoTokenizer.from_pretrained(init)
+        if "dpo" in self.recipe.train.stages:
+            self.write_dpo_pairs(k, rows, init)
+        metrics = train_student(self.recipe, self.store.path(it), init, self.store.path(it, "student"), self.pack.spec.system_prompt, verifier=self.pack.run_verifiers)
+        self.store.write_json(f"{it}/train_metrics.json", summarise_train(metrics, len(rows), init))
+        return [self.store.path(it, "student")]
+
+    def write_dpo_pairs(self, k: int, rows: list[dict], init: Path | None) -> None:
+        """Preference pairs for this iteration (sdk/adversarial/pairs.py explains the two modes)."""
+        from sdk.adversarial import pairs
+
+        it, mode = it_name(k), self.recipe.train.dpo.mode
+        if self.store.path(it, "dpo_pairs.jsonl").is_file():
+            return
+        rows = [r for r in rows if r.get("source") != "replay"]
+        if mode == "teacher_over_student" and k > 0:
+            out = pairs.teacher_over_student([r for r in self.store.read_jsonl(f"{it_name(k - 1)}/referee.jsonl") if r["hard"]])
         else:
-            model, tokenizer = load_local(self.recipe.models.student, self.recipe.models)
-        model, metrics = train_sft(model, tokenizer, rows, self.pack.spec.system_prompt, self.recipe.train, self.store.path(it, "checkpoints"), self.recipe.seed + k)
-        path = save_student(model, tokenizer, self.store.path(it, "student"))
-        shutil.rmtree(self.store.path(it, "checkpoints"), ignore_errors=True)  # the saved student supersedes them
-        self.store.write_json(f"{it}/train_metrics.json", dict(metrics, rows=len(rows), init=str(init) if init else "initial student"))
-        return [path]
+            student = self.load_student(init, "for preference pairs")
+            n = 1 if mode == "teacher_over_student" else self.recipe.train.dpo.samples
+            settings = student.settings.model_copy(update={"temperature": 0.0 if n == 1 else 0.9})
+            convs = answer_conversations(self.pack.spec.system_prompt, [r["instruction"] for r in rows for _ in range(n)])
+            answers = [clean_answer(a) for a in student.generate(convs, settings=settings, description=f"student samples for DPO ({mode})")]
+            del student
+            samples = {r["id"]: answers[i * n : (i + 1) * n] for i, r in enumerate(rows)}
+            if mode == "teacher_over_student":
+                out = pairs.teacher_over_student([dict(r, teacher_answer=r["answer"], student_answer=samples[r["id"]][0]) for r in rows])
+            else:
+                out = pairs.referee_ranked(rows, samples, self.referee(self.referee_kinds()[0]))
+        self.store.write_jsonl(f"{it}/dpo_pairs.jsonl", out)
 
     def stage_discriminate(self, k: int):
         """The student answers the cache pool; the referee scores teacher vs student; hard/easy split."""
@@ -532,6 +602,11 @@ class Pipeline:
             "iterations": iterations,
             "timings_s": self.timings,
         }
+        if self.store.path("eval/forgetting.json").is_file():
+            record = self.store.read_json("eval/forgetting.json")
+            gate = record["gate"]
+            metrics["forgetting"] = {"passed": gate["passed"], "verdict": gate["verdict"], "max_drop": gate["max_drop"], "replay_fraction": record["replay_fraction"], "limit": record["limit"], "hint": record["hint"], "tasks": gate["tasks"]}
+            metrics["checks"] = {"forgetting": "passed" if gate["passed"] else "failed forgetting check"}
         self.store.write_json("metrics.json", metrics)
         report = write_report(self.store.root, metrics)
         return [self.store.path("eval/domain.json"), self.store.path("metrics.json"), report, self.store.path("student")]

@@ -36,7 +36,7 @@ def smoke_run(tmp_path_factory):
 def test_smoke_run_writes_the_documented_layout(smoke_run):
     result, elapsed = smoke_run
     root = Path(result.run_dir)
-    for rel in ["config.yaml", "manifest.json", "metrics.json", "report.html", "eval/domain.json", "eval/before.json", "eval/student_after.jsonl", "student/config.json"]:
+    for rel in ["config.yaml", "manifest.json", "metrics.json", "report.html", "eval/domain.json", "eval/before.json", "eval/student_after.jsonl", "eval/forgetting.json", "student/config.json"]:
         assert (root / rel).is_file(), rel
     for it in ("iter_00", "iter_01"):
         for name in ITERATION_FILES:
@@ -45,7 +45,7 @@ def test_smoke_run_writes_the_documented_layout(smoke_run):
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["status"] == "finished"
     loop = [f"{it}/{stage}" for it in ("iter_00", "iter_01") for stage in ("pool", "label", "train", "eval", "discriminate", "generate")]
-    assert list(manifest["stages"]) == ["ingest", "synthesize", "eval_teacher", "eval_before", *loop, "finalize"]
+    assert list(manifest["stages"]) == ["ingest", "forgetting_before", "synthesize", "eval_teacher", "eval_before", *loop, "forgetting_after", "finalize"]
     assert elapsed < 420
 
 
@@ -149,6 +149,17 @@ def test_loop_pools_split_and_generation(smoke_run):
         assert set(i["generation"]["rejected_by_reason"]) <= {"failed", "unparseable", "quality", "rouge", "cosine", "balance"}
 
 
+def test_forgetting_before_and_after_on_the_local_suite(smoke_run):
+    result, _ = smoke_run
+    record = json.loads((Path(result.run_dir) / "eval/forgetting.json").read_text())
+    assert set(record["before"]) == set(record["after"]) == {"distillery_general_mc", "distillery_general_ppl"}
+    for task, row in record["gate"]["tasks"].items():
+        assert row["drop"] == pytest.approx(row["before"] - row["after"] if row["higher_is_better"] else (row["after"] - row["before"]) / row["before"])
+    f = result.metrics["forgetting"]
+    assert f["passed"] == record["gate"]["passed"] and f["verdict"].endswith("forgetting check") or "failed forgetting check" in f["verdict"]
+    assert result.metrics["checks"]["forgetting"] in ("passed", "failed forgetting check")
+
+
 def test_saved_student_loads_and_is_pruned(smoke_run):
     from transformers import AutoModelForCausalLM
 
@@ -199,7 +210,7 @@ def _wait_for(predicate, proc, timeout=300):
 def test_sigkill_during_training_then_resume(tmp_path):
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen(distill_cmd() + ["run", *SMOKE, *ONE_ITERATION, "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for(lambda: (run_dir / "iter_00/checkpoints/checkpoint-4/trainer_state.json").exists(), proc)
+    _wait_for(lambda: (run_dir / "iter_00/checkpoints/sft/checkpoint-4/trainer_state.json").exists(), proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = json.loads((run_dir / "manifest.json").read_text())["stages"]
@@ -214,7 +225,7 @@ def test_sigkill_during_training_then_resume(tmp_path):
         assert after["stages"][stage]["finished_at"] == info["finished_at"]
     assert (run_dir / "iter_00/teacher.jsonl").read_bytes() == teacher_bytes
     train = json.loads((run_dir / "iter_00/train_metrics.json").read_text())
-    assert re.search(r"checkpoint-(4|8|12)$", train["resumed_from_checkpoint"])
+    assert re.search(r"checkpoint-(4|8|12)$", train["stages"]["sft"]["resumed_from_checkpoint"])
     assert "skip iter_00/label" in done.stderr + done.stdout
 
 
@@ -259,3 +270,22 @@ def test_scaffolded_pack_runs_with_pack_path(tmp_path):
     result = sdk.distill(domain="field-notes", preset="smoke", run_dir=tmp_path / "run", pack_paths=[tmp_path / "packs"], data__max_eval=2, train__epochs=1, adversarial__iterations=1)
     assert result.metrics["domain"] == "field-notes" and result.metrics["data"]["eval_prompts"] == 2
     assert (Path(result.student_path) / "config.json").is_file()
+
+
+def test_budget_stops_the_run_cleanly_and_resume_finishes_it(tmp_path, capsys):
+    """A teacher budget of 6 calls: 4 eval answers, then 2 labels, then a clean stop; resume with more."""
+    run_dir = tmp_path / "budget"
+    result = sdk.distill(domain="tiny", preset="smoke", run_dir=run_dir, pack_paths=[TINY_PACKS], adversarial__iterations=1, models__teacher__budget__max_calls=6, curation__passages=0)
+    assert result.status == "stopped"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "stopped" and "budget reached" in manifest["reason"] and "max_calls 6" in manifest["reason"]
+    assert "iter_00/label" not in manifest["stages"] and "eval_teacher" in manifest["stages"]
+    assert json.loads((run_dir / "budget/teacher.json").read_text())["calls"] == 6
+    assert len((run_dir / "iter_00/teacher.partial.jsonl").read_text().splitlines()) == 2  # the answers it paid for are kept
+    assert "budget reached" in capsys.readouterr().err
+
+    done = sdk.resume(run_dir, set=["models.teacher.budget.max_calls=100"])
+    assert done.status == "finished"
+    labeled = _jsonl(run_dir / "iter_00/teacher.jsonl")
+    assert len(labeled) == 8 and all(r["status"] == "ok" for r in labeled)
+    assert json.loads((run_dir / "budget/teacher.json").read_text())["calls"] == 6 + 6  # only the 6 unanswered seeds

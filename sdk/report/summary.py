@@ -45,6 +45,11 @@ def summary_table(metrics: dict) -> Table:
         f"{data['teacher_ok']}/{data['teacher_ok'] + data['teacher_failed']} teacher answers used · "
         f"{train.get('steps', 0)} steps, loss {_fmt(train.get('first_logged_loss'))} → {_fmt(train.get('last_logged_loss'))}"
     )
+    forgetting = metrics.get("forgetting")
+    if forgetting:
+        colour = "green" if forgetting["passed"] else "bold red"
+        drops = ", ".join(f"{t} {r['primary']} {r['before']:.3f}→{r['after']:.3f}" for t, r in forgetting["tasks"].items())
+        table.caption += f"\n[{colour}]{forgetting['verdict']}[/] ({drops}; max drop {forgetting['max_drop']})"
     return table
 
 

@@ -1,12 +1,44 @@
-"""Pieces shared by every training stage: TrainingArguments from the recipe, checkpoints, saving."""
+"""Pieces shared by every training stage: TrainingArguments from the recipe, the stage context,
+loading the student at the start of a stage, checkpoints, saving and exporting the student."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
 
-from sdk.config import TrainSettings
+from sdk.config import Recipe, TrainSettings
+from sdk.paths import data_dir
+
+Verifier = Callable[[str, str], list]
+
+
+@dataclass
+class StageContext:
+    """Everything a stage needs besides the model: its data, its folders, the recipe."""
+
+    recipe: Recipe
+    iter_dir: Path
+    init: Optional[Path]  # the previous iteration's student (None = the recipe's initial student)
+    system_prompt: str
+    rows: list[dict]  # teacher.jsonl rows with status ok
+    verifier: Optional[Verifier] = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def settings(self) -> TrainSettings:
+        return self.recipe.train
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.seed
+
+    def stage_dir(self, stage: str) -> Path:
+        return Path(self.iter_dir) / "checkpoints" / stage
 
 
 def use_bf16(setting: str) -> bool:
@@ -17,6 +49,19 @@ def use_bf16(setting: str) -> bool:
     import torch
 
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def resolve_config_file(value: Optional[str], folder: str) -> Optional[str]:
+    """A path as given, or a bare name (zero3, zero3.json) looked up in the shipped configs/<folder>/."""
+    if not value:
+        return None
+    if Path(value).exists():
+        return str(Path(value).resolve())
+    shipped = data_dir("configs") / folder
+    for name in (value, Path(value).name, f"{value}.json", f"{value}.yaml"):
+        if (shipped / name).is_file():
+            return str(shipped / name)
+    return value  # let the library report it with its own message
 
 
 def training_args_kwargs(settings: TrainSettings, seed: int) -> dict:
@@ -39,13 +84,14 @@ def training_args_kwargs(settings: TrainSettings, seed: int) -> dict:
         report_to="none",
         bf16=use_bf16(settings.bf16),
         fp16=False,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available() and not settings.deepspeed,  # DeepSpeed on CPU runs through DS_ACCELERATOR=cpu
         activation_checkpointing=settings.gradient_checkpointing,  # transformers 5 name; TRL would default it on
-        deepspeed=settings.deepspeed,
+        deepspeed=resolve_config_file(settings.deepspeed, "deepspeed"),
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        **({"accelerator_config": {"use_configured_state": True}} if _CONFIGURED_STATE else {}),
     )
 
 
@@ -60,31 +106,225 @@ def latest_checkpoint(work_dir: Path) -> str | None:
 
 def finish_training(trainer, result) -> tuple[object, dict]:
     history = [h for h in trainer.state.log_history if "loss" in h]
+    steps = trainer.state.global_step
+    runtime = result.metrics.get("train_runtime", 0.0)
     metrics = {
         "train_loss": round(result.training_loss, 4),
-        "steps": trainer.state.global_step,
+        "steps": steps,
         "first_logged_loss": history[0]["loss"] if history else None,
         "last_logged_loss": history[-1]["loss"] if history else None,
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history],
-        "runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
+        "runtime_s": round(runtime, 1),
+        "time_per_step_s": round(runtime / steps, 3) if steps else None,
     }
     return trainer.model, metrics
 
 
-def save_student(model, tokenizer, out_dir: Path) -> Path:
+def run_trainer(trainer, work_dir: Path) -> dict:
+    """trainer.train(), resuming from the newest checkpoint in work_dir; returns the stage metrics."""
+    checkpoint = latest_checkpoint(work_dir)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    _, metrics = finish_training(trainer, result)
+    metrics["resumed_from_checkpoint"] = checkpoint
+    return metrics
+
+
+def lora_config(settings: TrainSettings):
+    if not settings.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    lora = settings.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM")
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+_CONFIGURED_STATE = False
+
+
+def start_cpu_deepspeed(settings: TrainSettings) -> bool:
+    """In a launched job without CUDA, start the process group for DeepSpeed ourselves, on gloo.
+
+    accelerate finds no collective backend for DeepSpeed on a CPU (it would count one process), so
+    the worker builds the shared PartialState first and the trainers reuse it (use_configured_state).
+    """
+    global _CONFIGURED_STATE
+    import torch
+
+    if torch.cuda.is_available() or not settings.deepspeed or "LOCAL_RANK" not in os.environ:
+        return False
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    _CONFIGURED_STATE = True
+    return True
+
+
+def reset_accelerator_state() -> None:
+    """Before a second stage in one process: drop the last trainer's Accelerator (and its DeepSpeed
+    plugin) but keep the process group that start_cpu_deepspeed made."""
+    if _CONFIGURED_STATE:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# the student between stages
+
+
+@contextmanager
+def full_weights():
+    """Load models whole, even while a ZeRO-3 TrainingArguments is alive.
+
+    transformers partitions every from_pretrained at construction (zero.Init, a collective) once a
+    ZeRO-3 config exists. We load whole on every rank and let the trainer partition at prepare; the
+    reward teacher and rank 0's export must stay whole anyway. (_hf_deepspeed_config_weak_ref is the
+    module-level switch transformers reads in is_deepspeed_zero3_enabled().)
+    """
+    import transformers.integrations.deepspeed as hf_ds
+
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
+
+
+def load_base(recipe: Recipe, init: Optional[Path]):
+    """(model, tokenizer) the run starts from: the previous iteration's student, or the recipe's."""
+    if init is not None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        return AutoModelForCausalLM.from_pretrained(init), AutoTokenizer.from_pretrained(init)
+    from sdk.models import load_local
+
+    return load_local(recipe.models.student, recipe.models)
+
+
+def load_stage_model(recipe: Recipe, init: Optional[Path], previous: Optional[Path]):
+    with full_weights():
+        return _load_stage_model(recipe, init, previous)
+
+
+def _load_stage_model(recipe: Recipe, init: Optional[Path], previous: Optional[Path]):
+    """The student at the start of a stage: the output of the previous stage, else the base.
+
+    With LoRA every stage trains the same adapter: it is attached to the (frozen) base here, and a
+    later stage reloads it trainable from the previous stage's folder.
+    """
+    settings = recipe.train
+    if settings.lora.enabled:
+        from peft import PeftModel, get_peft_model
+
+        model, tokenizer = load_base(recipe, init)
+        if previous is not None:
+            return PeftModel.from_pretrained(model, str(previous), is_trainable=True), tokenizer
+        return get_peft_model(model, lora_config(settings)), tokenizer
+    if previous is not None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        return AutoModelForCausalLM.from_pretrained(previous), AutoTokenizer.from_pretrained(previous)
+    return load_base(recipe, init)
+
+
+def save_stage_output(trainer, tokenizer, final_dir: Path) -> None:
+    """Every rank calls this: under ZeRO-3 the trainer gathers the sharded weights to rank 0."""
+    final_dir = Path(final_dir)
+    tmp = final_dir.with_name(final_dir.name + ".tmp")
+    if is_main_process():
+        shutil.rmtree(tmp, ignore_errors=True)
+    barrier()
+    trainer.save_model(str(tmp))
+    if is_main_process():
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(final_dir, ignore_errors=True)
+        tmp.rename(final_dir)
+        for stale in final_dir.parent.glob("checkpoint-*"):  # the stage is done; its resume points are not needed
+            shutil.rmtree(stale, ignore_errors=True)
+    barrier()
+
+
+def save_student(model, tokenizer, out_dir: Path, base=None, merge: bool = True) -> Path:
     """Save the student so `AutoModelForCausalLM.from_pretrained(out_dir)` loads it.
 
-    A LoRA student is merged into its (possibly pruned, unsaved) base for the loadable copy, and the
-    adapter alone is kept beside it in out_dir/adapter/ (adapter_config.json + weights).
+    A LoRA (peft) student is written as:
+      out_dir/adapter/   the adapter alone (adapter_config.json + weights)
+      out_dir/base/      the model the adapter was trained on (the pruned student is not on disk otherwise)
+      out_dir/           the adapter merged into the base (merge=True), or, with merge=False, the adapter
+                         again with its base_model_name_or_path pointing at out_dir/base, which transformers'
+                         peft integration resolves on from_pretrained(out_dir).
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if hasattr(model, "merge_and_unload"):  # peft model
         model.save_pretrained(tmp / "adapter")
-        model = model.merge_and_unload()
-    model.save_pretrained(tmp, safe_serialization=True)
+        if base is not None:
+            base.save_pretrained(tmp / "base", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "base")
+        if merge:
+            model = model.merge_and_unload()
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            model.save_pretrained(tmp)
+            _point_adapter_at(tmp / "adapter_config.json", out_dir / "base")
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return out_dir
+
+
+def _point_adapter_at(config_file: Path, base_dir: Path) -> None:
+    import json
+
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = str(base_dir)
+    config_file.write_text(json.dumps(config, indent=2))
+
+
+def export_student(recipe: Recipe, init: Optional[Path], last_stage_dir: Path, out_dir: Path) -> Path:
+    """Write out_dir from the folder the last stage saved (rank 0 only)."""
+    with full_weights():
+        return _export_student(recipe, init, last_stage_dir, out_dir)
+
+
+def _export_student(recipe: Recipe, init: Optional[Path], last_stage_dir: Path, out_dir: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if recipe.train.lora.enabled:
+        import copy
+
+        from peft import PeftModel
+
+        base, tokenizer = load_base(recipe, init)
+        pristine = copy.deepcopy(base)  # merge_and_unload changes the base in place
+        model = PeftModel.from_pretrained(base, str(last_stage_dir))
+        return save_student(model, tokenizer, out_dir, base=pristine, merge=recipe.train.lora.merge)
+    model = AutoModelForCausalLM.from_pretrained(last_stage_dir)
+    return save_student(model, AutoTokenizer.from_pretrained(last_stage_dir), out_dir)

@@ -1,7 +1,8 @@
 """Supervised fine-tuning of the student on the teacher's answers, with TRL's SFTTrainer.
 
 The dataset is conversational prompt-completion ({"prompt": [system, user], "completion": [assistant]}),
-so TRL applies the tokenizer's chat template and computes the loss on the completion tokens only.
+so TRL applies the tokenizer's chat template and computes the loss on the completion tokens only:
+    loss = -(1/|a|) * sum_t log p_student(a_t | prompt, a_<t)     over the teacher's answer a
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sdk.config import TrainSettings
-from sdk.train.common import finish_training, latest_checkpoint, training_args_kwargs
+from sdk.train.common import StageContext, finish_training, latest_checkpoint, lora_config, training_args_kwargs
 
 
 def sft_dataset(rows: list[dict], system_prompt: str):
@@ -26,8 +27,7 @@ def sft_dataset(rows: list[dict], system_prompt: str):
     )
 
 
-def train_sft(model, tokenizer, rows: list[dict], system_prompt: str, settings: TrainSettings, work_dir: Path, seed: int = 0):
-    """Train in place and return (model, train_metrics). Checkpoints in work_dir let a killed run resume."""
+def sft_trainer(model, tokenizer, rows: list[dict], system_prompt: str, settings: TrainSettings, work_dir: Path, seed: int = 0):
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
@@ -37,13 +37,19 @@ def train_sft(model, tokenizer, rows: list[dict], system_prompt: str, settings: 
         packing=False,
         **training_args_kwargs(settings, seed),
     )
-    trainer = SFTTrainer(
+    already_peft = hasattr(model, "peft_config")
+    return SFTTrainer(
         model=model,
         args=args,
         train_dataset=sft_dataset(rows, system_prompt),
         processing_class=tokenizer,
-        peft_config=lora_config(settings),
+        peft_config=None if already_peft else lora_config(settings),
     )
+
+
+def train_sft(model, tokenizer, rows: list[dict], system_prompt: str, settings: TrainSettings, work_dir: Path, seed: int = 0):
+    """Train in place and return (model, train_metrics). Checkpoints in work_dir let a killed run resume."""
+    trainer = sft_trainer(model, tokenizer, rows, system_prompt, settings, work_dir, seed)
     checkpoint = latest_checkpoint(work_dir)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     model, metrics = finish_training(trainer, result)
@@ -51,10 +57,6 @@ def train_sft(model, tokenizer, rows: list[dict], system_prompt: str, settings: 
     return model, metrics
 
 
-def lora_config(settings: TrainSettings):
-    if not settings.lora.enabled:
-        return None
-    from peft import LoraConfig
-
-    lora = settings.lora
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM")
+def sft_stage(model, tokenizer, ctx: StageContext):
+    """The `sft` stage of train_student: returns the trainer, ready to train."""
+    return sft_trainer(model, tokenizer, ctx.rows, ctx.system_prompt, ctx.settings, ctx.stage_dir("sft"), ctx.seed), {"examples": len(ctx.rows)}

@@ -1,0 +1,127 @@
+"""White-box knowledge distillation on the teacher's logits, with TRL's GKDTrainer.
+
+Per completion token the loss is the generalized Jensen-Shannon divergence between the teacher's and
+the student's next-token distributions (GKD, arXiv 2306.13649, eq. 1), both softened by temperature T:
+    JSD_b(P_t || P_s) = b * KL(P_t || M) + (1 - b) * KL(P_s || M),   M = b * P_t + (1 - b) * P_s
+which is forward KL(P_t || P_s) at b = 0 (mean-seeking, as in classic KD) and reverse KL(P_s || P_t)
+at b = 1 (mode-seeking, MiniLLM's objective, arXiv 2306.08543). With probability `lmbda` a step
+trains on completions the student samples itself (on-policy); otherwise on the teacher's answers.
+
+The two models must share a vocabulary: a teacher with another tokenizer is refused before any
+training, with a message that suggests the black-box objectives (sft, dpo).
+"""
+
+from __future__ import annotations
+
+import os
+
+from sdk.config import Recipe
+from sdk.errors import DistilleryError
+from sdk.train.common import StageContext, full_weights, training_args_kwargs
+
+
+def check_local_teacher(recipe: Recipe, stage: str) -> None:
+    if recipe.models.teacher.provider == "openai":
+        why = {
+            "kd": "white-box KD needs the teacher's logits, which an endpoint does not return",
+            "rlaif": "its reward is the likelihood referee, which needs the teacher's log-probabilities (an LLM-referee reward is future work)",
+        }[stage]
+        raise DistilleryError(f"train.stages has '{stage}' but models.teacher is an openai endpoint: {why}; use stages [sft] or [sft, dpo], or a local teacher")
+
+
+def tokenizer_for(spec, models):
+    """A local spec's tokenizer alone (fast: no weights), to compare vocabularies before training."""
+    from transformers import AutoTokenizer
+
+    from sdk.models.embedded import embedded_model_dir
+
+    if spec.provider == "pruned":  # a pruned model keeps its base's tokenizer
+        return tokenizer_for(getattr(models, spec.base), models)
+    if spec.provider == "embedded":
+        return AutoTokenizer.from_pretrained(str(embedded_model_dir()))
+    kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+    return AutoTokenizer.from_pretrained(spec.name_or_path, **kwargs)
+
+
+def student_tokenizer(recipe: Recipe, init=None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(init) if init is not None else tokenizer_for(recipe.models.student, recipe.models)
+
+
+def check_same_tokenizer(teacher_tok, student_tok, teacher_name: str = "teacher") -> None:
+    """Refuse KD when the token ids do not mean the same strings in both models."""
+    t_vocab, s_vocab = teacher_tok.get_vocab(), student_tok.get_vocab()
+    if t_vocab != s_vocab:
+        differ = len(set(t_vocab.items()) ^ set(s_vocab.items()))
+        raise DistilleryError(
+            f"train.stages has 'kd' but the {teacher_name}'s tokenizer differs from the student's "
+            f"({len(t_vocab)} vs {len(s_vocab)} tokens, {differ} entries differ): white-box KD compares next-token "
+            f"distributions over one shared vocabulary; use stages [sft] or [sft, dpo] for this teacher"
+        )
+
+
+def kd_preflight(recipe: Recipe, init=None) -> None:
+    """Fail fast, before any stage runs: a local teacher with the student's tokenizer."""
+    from sdk.models import describe
+
+    check_local_teacher(recipe, "kd")
+    check_same_tokenizer(tokenizer_for(recipe.models.teacher, recipe.models), student_tokenizer(recipe, init), f"teacher ({describe(recipe.models.teacher, recipe.models)})")
+
+
+def kd_dataset(rows: list[dict], system_prompt: str):
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": system_prompt},
+                    {"role": "user", "content": r["instruction"]},
+                    {"role": "assistant", "content": r["answer"]},
+                ]
+            }
+            for r in rows
+        ]
+    )
+
+
+def _trainer_class():
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # GKDTrainer (the TRL trainer with an on-policy fraction) lives in trl.experimental
+    from trl.experimental.gkd import GKDTrainer
+
+    class KDTrainer(GKDTrainer):
+        """GKDTrainer whose divergence uses the configured temperature (GKD applies it to sampling only)."""
+
+        def generalized_jsd_loss(self, *args, **kwargs):
+            kwargs.setdefault("temperature", self.temperature)
+            return GKDTrainer.generalized_jsd_loss(*args, **kwargs)
+
+    return KDTrainer
+
+
+def kd_stage(model, tokenizer, ctx: StageContext):
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental.gkd import GKDConfig
+
+    from sdk.models import load_local
+
+    recipe, kd = ctx.recipe, ctx.settings.kd
+    check_local_teacher(recipe, "kd")
+    with full_weights():
+        teacher, t_tok = load_local(recipe.models.teacher, recipe.models)
+    check_same_tokenizer(t_tok, tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    args = GKDConfig(
+        output_dir=str(ctx.stage_dir("kd")),
+        max_length=ctx.settings.max_seq_length,
+        beta=kd.beta,
+        lmbda=kd.lmbda,
+        temperature=kd.temperature,
+        max_new_tokens=kd.max_new_tokens,
+        packing=False,
+        **training_args_kwargs(ctx.settings, ctx.seed),
+    )
+    trainer = _trainer_class()(model=model, teacher_model=teacher, args=args, train_dataset=kd_dataset(ctx.rows, ctx.system_prompt), processing_class=tokenizer)
+    return trainer, {"examples": len(ctx.rows), "beta": kd.beta, "lmbda": kd.lmbda, "temperature": kd.temperature}

@@ -1,0 +1,129 @@
+"""Run the training stages as their own multi-process job, so one recipe scales from a laptop to a cluster.
+
+    launcher.kind: accelerate   accelerate launch --config_file <launcher.config> --num_processes N -m sdk.train.worker ...
+    launcher.kind: deepspeed    torchrun --nproc_per_node N -m sdk.train.worker ...   (train.deepspeed passes the ZeRO
+                                config to the TRL trainers, which start DeepSpeed themselves)
+
+The parent writes the recipe (train_recipe.yaml) and the request (train_request.json) into iter_dir, waits
+for the job, and reads back train_metrics.json. It never loads the student. Without CUDA the job runs
+DeepSpeed's CPU accelerator (DS_ACCELERATOR=cpu) over gloo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from sdk.config import Recipe
+from sdk.errors import DistilleryError
+from sdk.paths import data_dir
+from sdk.progress import log
+from sdk.store import atomic_write_json, atomic_write_text
+from sdk.train.common import resolve_config_file
+
+RECIPE_FILE = "train_recipe.yaml"
+REQUEST_FILE = "train_request.json"
+
+
+def worker_args(iter_dir: Path) -> list[str]:
+    return ["-m", "sdk.train.worker", "--iter-dir", str(Path(iter_dir).resolve())]
+
+
+def shipped_path(value: str) -> str:
+    """A relative path from a shipped config (configs/deepspeed/zero3.json), made absolute."""
+    path = Path(value)
+    if path.is_absolute() or path.exists():
+        return str(path.resolve())
+    shipped = data_dir("configs").parent / path
+    return str(shipped) if shipped.exists() else value
+
+
+def accelerate_config(recipe: Recipe, iter_dir: Path) -> tuple[Path, Optional[str]]:
+    """Copy the accelerate YAML into iter_dir with absolute paths and the recipe's process count.
+
+    Returns (the copy, its DeepSpeed JSON or None). launcher.num_processes is per machine; accelerate
+    counts processes over all machines.
+    """
+    launcher = recipe.train.launcher
+    source = Path(resolve_config_file(launcher.config, "accelerate"))
+    if not source.is_file():
+        raise DistilleryError(f"train.launcher.config: accelerate config '{launcher.config}' not found (shipped: {', '.join(sorted(p.name for p in (data_dir('configs') / 'accelerate').glob('*.yaml')))})")
+    config = yaml.safe_load(source.read_text()) or {}
+    config["num_processes"] = launcher.num_processes * int(config.get("num_machines", 1))
+    ds = (config.get("deepspeed_config") or {}).get("deepspeed_config_file")
+    if ds:
+        ds = shipped_path(ds)
+        config["deepspeed_config"]["deepspeed_config_file"] = ds
+    copy = Path(iter_dir) / "accelerate_config.yaml"
+    atomic_write_text(copy, yaml.safe_dump(config, sort_keys=False))
+    return copy, ds
+
+
+def launch_command(recipe: Recipe, iter_dir: Path) -> list[str]:
+    launcher = recipe.train.launcher
+    if launcher.kind == "accelerate":
+        config, _ = accelerate_config(recipe, iter_dir)
+        head = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    elif launcher.kind == "deepspeed":
+        head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(launcher.num_processes)]
+    else:
+        raise DistilleryError(f"train.launcher.kind '{launcher.kind}' does not launch a job")
+    return head + list(launcher.extra_args) + worker_args(iter_dir)
+
+
+def job_env() -> dict:
+    import torch
+
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator; the trainers then use gloo
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def write_request(recipe: Recipe, iter_dir: Path, init: Optional[Path], out_dir: Path, system_prompt: str, use_pack_verifiers: bool) -> None:
+    iter_dir = Path(iter_dir)
+    atomic_write_text(iter_dir / RECIPE_FILE, recipe.to_yaml())
+    request = {
+        "init": str(Path(init).resolve()) if init is not None else None,
+        "out_dir": str(Path(out_dir).resolve()),
+        "system_prompt": system_prompt,
+        "use_pack_verifiers": use_pack_verifiers,
+    }
+    atomic_write_json(iter_dir / REQUEST_FILE, request)
+
+
+def first_error(log_path: Path) -> str:
+    """The first exception line a rank printed, else the log's last line."""
+    lines = Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines()
+    for line in lines:
+        text = line.split("]: ", 1)[-1].strip()
+        if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", text) and "ChildFailedError" not in text:
+            return text[:400]
+    return (lines[-1] if lines else "no output")[:400]
+
+
+def launch_stages(recipe: Recipe, iter_dir: Path, init: Optional[Path], out_dir: Path, system_prompt: str, use_pack_verifiers: bool = False) -> dict:
+    """Run the stages in a launched job and return its metrics (train_metrics.json)."""
+    iter_dir = Path(iter_dir)
+    if recipe.train.launcher.kind == "accelerate" and not recipe.train.deepspeed:
+        _, ds = accelerate_config(recipe, iter_dir)
+        if ds:  # the trainers take the ZeRO config from the recipe; keep it the one accelerate starts
+            recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"deepspeed": ds})})
+    write_request(recipe, iter_dir, init, out_dir, system_prompt, use_pack_verifiers)
+    command = launch_command(recipe, iter_dir)
+    log(f"[bold cyan]launch[/bold cyan] {' '.join(command)}")
+    log_path = iter_dir / "train_launch.log"
+    with open(log_path, "a", encoding="utf-8") as out:
+        code = subprocess.run(command, env=job_env(), stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd()).returncode
+    if code != 0:
+        raise DistilleryError(f"the launched training job exited with status {code}: {first_error(log_path)} (full log: {log_path})")
+    return json.loads((iter_dir / "train_metrics.json").read_text())

@@ -1,0 +1,116 @@
+"""RL from AI feedback with TRL's GRPOTrainer: the student samples a group of completions per prompt and
+is pushed towards the ones the referee scores higher than the group's mean.
+
+Reward of a completion a to instruction x (1-10 scale, like the referee's):
+    r(x, a) = clip(10 + l_T(a | x), 1, 10) - penalty_warning * #warnings - penalty_error * #errors
+where l_T is the teacher's mean per-token log-likelihood of a (the likelihood referee,
+sdk.adversarial.referee.loglik_to_score) and the counts are the pack verifiers' findings on a
+(severity "info" costs nothing). An empty completion has no likelihood and gets the minimum, 1.
+GRPO's advantage is r minus the mean reward of the completions sampled for the same prompt, divided by
+their standard deviation, so only differences inside a group matter.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from sdk.adversarial.referee import loglik_to_score
+from sdk.train.common import StageContext, Verifier, full_weights, training_args_kwargs
+from sdk.train.kd import check_local_teacher
+
+SCORE_MIN = 1.0
+
+
+def verifier_penalty(findings: list[dict], penalty_warning: float, penalty_error: float) -> float:
+    """Reward points taken off for a completion's verifier findings."""
+    per = {"warning": penalty_warning, "error": penalty_error}
+    return sum(per.get(str(f.get("severity", "info")), 0.0) for f in findings)
+
+
+def completion_text(completion) -> str:
+    """GRPO hands a conversational completion as [{"role": "assistant", "content": ...}]."""
+    if isinstance(completion, list):
+        return "".join(m.get("content") or "" for m in completion)
+    return completion or ""
+
+
+def user_text(prompt) -> str:
+    if isinstance(prompt, list):
+        return next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
+    return prompt
+
+
+class TeacherReward:
+    """The GRPO reward function: likelihood-referee score minus verifier penalties."""
+
+    __name__ = "referee"  # the trainer logs rewards under the function's name
+
+    def __init__(self, teacher, verifier: Optional[Verifier] = None, penalty_warning: float = 1.0, penalty_error: float = 3.0):
+        self.teacher = teacher  # a LocalChatModel
+        self.verifier = verifier
+        self.penalty_warning = penalty_warning
+        self.penalty_error = penalty_error
+        self.last_findings: list[int] = []
+
+    def scores(self, prompts: list, texts: list[str]) -> list[float]:
+        conversations = [p if isinstance(p, list) else [{"role": "user", "content": p}] for p in prompts]
+        logliks = self.teacher.loglik(conversations, texts)
+        out = []
+        for ll in logliks:
+            score = loglik_to_score(ll)
+            out.append(SCORE_MIN if score is None or math.isnan(score) else score)
+        return out
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        texts = [completion_text(c) for c in completions]
+        rewards = self.scores(prompts, texts)
+        self.last_findings = []
+        if self.verifier is not None:
+            for i, (prompt, text) in enumerate(zip(prompts, texts)):
+                findings = self.verifier(user_text(prompt), text) or []
+                self.last_findings.append(len(findings))
+                rewards[i] -= verifier_penalty(findings, self.penalty_warning, self.penalty_error)
+        return rewards
+
+
+def rlaif_dataset(rows: list[dict], system_prompt: str):
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": [{"role": "system", "content": system_prompt}, {"role": "user", "content": r["instruction"]}]} for r in rows])
+
+
+def load_reward(ctx: StageContext) -> TeacherReward:
+    from sdk.models import describe, load_local
+    from sdk.models.local import LocalChatModel
+
+    recipe = ctx.recipe
+    check_local_teacher(recipe, "rlaif")
+    with full_weights():  # the reward model runs outside DeepSpeed, so it must not be partitioned
+        model, tok = load_local(recipe.models.teacher, recipe.models)
+    teacher = LocalChatModel(model, tok, describe(recipe.models.teacher, recipe.models), recipe.models.teacher.generation)
+    rl = ctx.settings.rlaif
+    return TeacherReward(teacher, ctx.verifier, rl.penalty_warning, rl.penalty_error)
+
+
+def rlaif_stage(model, tokenizer, ctx: StageContext):
+    from trl import GRPOConfig, GRPOTrainer
+
+    rl = ctx.settings.rlaif
+    reward = load_reward(ctx)
+    kwargs = training_args_kwargs(ctx.settings, ctx.seed)
+    # every prompt's group of num_generations completions must fit in one generation batch
+    group = rl.num_generations
+    kwargs["per_device_train_batch_size"] = math.ceil(ctx.settings.batch_size / group) * group
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    args = GRPOConfig(
+        output_dir=str(ctx.stage_dir("rlaif")),
+        num_generations=group,
+        max_completion_length=rl.max_new_tokens,
+        temperature=rl.temperature,
+        beta=rl.beta,
+        **kwargs,
+    )
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=rlaif_dataset(ctx.rows, ctx.system_prompt), processing_class=tokenizer)
+    return trainer, {"prompts": len(ctx.rows), "num_generations": group, "verifier": ctx.verifier is not None}

@@ -1,0 +1,136 @@
+"""The imitation step of one iteration: run `recipe.train.stages` in order, then save the student.
+
+    train_student(recipe, iter_dir, init, out_dir, system_prompt, verifier) -> metrics
+
+Inputs in iter_dir: teacher.jsonl (rows with status "ok" are trained on), dpo_pairs.jsonl for dpo.
+Outputs: checkpoints/<stage>/ (resume points while the stage runs, final/ when it is done),
+train_metrics.json {"stages": {<stage>: {...}}, "student": out_dir}, and the student in out_dir.
+
+A stage whose metrics are recorded is not run again: a resumed call starts the next stage from the
+finished one's final/ folder, and a stage killed mid-way resumes from its newest checkpoint.
+
+With train.launcher.kind "accelerate" or "deepspeed" the stages run in a child job (sdk.train.launch);
+this process then never loads the student.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from sdk.config import Recipe
+from sdk.errors import DistilleryError
+from sdk.progress import log
+from sdk.store import atomic_write_json, read_jsonl
+from sdk.train.common import (
+    StageContext,
+    Verifier,
+    barrier,
+    export_student,
+    is_main_process,
+    load_stage_model,
+    reset_accelerator_state,
+    run_trainer,
+    save_stage_output,
+)
+from sdk.train.dpo import dpo_stage
+from sdk.train.kd import check_local_teacher, kd_preflight, kd_stage
+from sdk.train.rlaif import rlaif_stage
+from sdk.train.sft import sft_stage
+
+METRICS_FILE = "train_metrics.json"
+STAGES = {"sft": sft_stage, "kd": kd_stage, "dpo": dpo_stage, "rlaif": rlaif_stage}
+
+
+def train_student(recipe: Recipe, iter_dir: Path, init: Path | None, out_dir: Path, system_prompt: str, verifier=None) -> dict:
+    """Run recipe.train.stages in order on this iteration's data; save the student to out_dir; return metrics."""
+    iter_dir = Path(iter_dir)
+    preflight(recipe, iter_dir, init)
+    if recipe.train.launcher.kind != "local":
+        from sdk.train.launch import launch_stages
+
+        return launch_stages(recipe, iter_dir, init, out_dir, system_prompt, use_pack_verifiers=verifier is not None)
+    return run_stages(recipe, iter_dir, init, out_dir, system_prompt, verifier)
+
+
+def preflight(recipe: Recipe, iter_dir: Path, init: Optional[Path]) -> None:
+    """Checks that need no student, so a bad recipe fails in seconds rather than after an SFT stage."""
+    stages = recipe.train.stages
+    if not (iter_dir / "teacher.jsonl").is_file():
+        raise DistilleryError(f"nothing to train on: {iter_dir / 'teacher.jsonl'} does not exist")
+    if "kd" in stages:
+        kd_preflight(recipe, init)
+    if "rlaif" in stages:
+        check_local_teacher(recipe, "rlaif")
+    if "dpo" in stages:
+        from sdk.train.dpo import load_pairs
+
+        load_pairs(iter_dir)
+
+
+def read_metrics(iter_dir: Path) -> dict:
+    path = Path(iter_dir) / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {"stages": {}}
+
+
+def training_rows(iter_dir: Path) -> list[dict]:
+    path = Path(iter_dir) / "teacher.jsonl"
+    rows = [r for r in read_jsonl(path) if r.get("status") == "ok" and r.get("answer")]
+    if not rows:
+        raise DistilleryError(f"no usable teacher answers to train on (see {path} for the reasons)")
+    return rows
+
+
+def log_summary(trainer) -> dict:
+    """Reward statistics a stage logged (GRPO logs 'reward' per logging step)."""
+    rewards = [{"step": h["step"], "reward": h["reward"]} for h in trainer.state.log_history if "reward" in h]
+    if not rewards:
+        return {}
+    values = [r["reward"] for r in rewards]
+    return {"rewards_mean": round(sum(values) / len(values), 4), "first_reward": values[0], "last_reward": values[-1], "reward_history": rewards}
+
+
+def process_summary(trainer) -> dict:
+    """How the stage ran: processes, and the ZeRO stage when DeepSpeed drove it."""
+    state = trainer.accelerator.state
+    plugin = getattr(state, "deepspeed_plugin", None)
+    return {"processes": trainer.accelerator.num_processes, "deepspeed_zero_stage": plugin.zero_stage if plugin is not None else None}
+
+
+def run_stages(recipe: Recipe, iter_dir: Path, init: Optional[Path], out_dir: Path, system_prompt: str, verifier: Optional[Verifier] = None) -> dict:
+    """Run every stage in this process (one rank of a launched job, or the only process)."""
+    from transformers import set_seed
+
+    iter_dir = Path(iter_dir)
+    init = Path(init) if init is not None else None
+    ctx = StageContext(recipe=recipe, iter_dir=iter_dir, init=init, system_prompt=system_prompt, rows=training_rows(iter_dir), verifier=verifier)
+    metrics = read_metrics(iter_dir)
+    previous: Optional[Path] = None
+    for stage in recipe.train.stages:
+        final = ctx.stage_dir(stage) / "final"
+        if stage in metrics["stages"] and final.is_dir():
+            log(f"[dim]skip[/dim] training stage {stage} (finished earlier)")
+            previous = final
+            continue
+        log(f"[bold cyan]train[/bold cyan] {stage}")
+        set_seed(recipe.seed)
+        reset_accelerator_state()
+        model, tokenizer = load_stage_model(recipe, init, previous)
+        trainer, stage_metrics = STAGES[stage](model, tokenizer, ctx)
+        stage_metrics = {"objective": stage, **stage_metrics, **run_trainer(trainer, ctx.stage_dir(stage))}
+        stage_metrics.update(log_summary(trainer))
+        stage_metrics.update(process_summary(trainer))
+        save_stage_output(trainer, tokenizer, final)
+        metrics["stages"][stage] = stage_metrics
+        if is_main_process():
+            atomic_write_json(iter_dir / METRICS_FILE, metrics)
+        previous = final
+        del trainer, model
+    if is_main_process():
+        export_student(recipe, init, previous, Path(out_dir))
+        metrics["student"] = str(Path(out_dir).resolve())
+        metrics["lora"] = recipe.train.lora.enabled
+        atomic_write_json(iter_dir / METRICS_FILE, metrics)
+    barrier()
+    return metrics

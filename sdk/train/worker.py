@@ -1,0 +1,45 @@
+"""One rank of a launched training job: `python -m sdk.train.worker --iter-dir DIR`.
+
+Reads iter_dir/train_recipe.yaml and iter_dir/train_request.json (written by sdk.train.launch), runs
+the recipe's stages on iter_dir's data and writes the student and train_metrics.json (rank 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sdk.train.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--iter-dir", required=True, type=Path, help="the iteration folder holding the data and the request")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sdk.config import validate_recipe
+    from sdk.pipeline import quiet_libraries
+    from sdk.train.launch import RECIPE_FILE, REQUEST_FILE
+    from sdk.train.common import start_cpu_deepspeed
+    from sdk.train.runner import run_stages
+
+    import yaml
+
+    args = make_parser().parse_args(argv)
+    iter_dir = args.iter_dir
+    recipe = validate_recipe(yaml.safe_load((iter_dir / RECIPE_FILE).read_text()), str(iter_dir / RECIPE_FILE))
+    request = json.loads((iter_dir / REQUEST_FILE).read_text())
+    verifier = None
+    if request.get("use_pack_verifiers") and recipe.domain:
+        from sdk.packs import resolve_pack
+
+        verifier = resolve_pack(recipe.domain, recipe.pack_paths).run_verifiers
+    quiet_libraries()
+    start_cpu_deepspeed(recipe.train)
+    init = Path(request["init"]) if request.get("init") else None
+    run_stages(recipe, iter_dir, init, Path(request["out_dir"]), request["system_prompt"], verifier)
+
+
+if __name__ == "__main__":
+    main()
