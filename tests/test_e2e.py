@@ -46,7 +46,7 @@ def test_smoke_run_writes_the_documented_layout(smoke_run):
     assert manifest["status"] == "finished"
     loop = [f"{it}/{stage}" for it in ("iter_00", "iter_01") for stage in ("pool", "label", "train", "eval", "discriminate", "generate")]
     assert list(manifest["stages"]) == ["ingest", "forgetting_before", "synthesize", "eval_teacher", "eval_before", *loop, "forgetting_after", "finalize"]
-    assert elapsed < 420
+    assert elapsed < 600  # about 4 minutes on an idle 2-core CPU
 
 
 def test_every_sample_carries_id_instruction_provenance(smoke_run):
@@ -196,7 +196,7 @@ def test_unknown_recipe_key_is_one_line_without_traceback(tmp_path):
     assert len(err.splitlines()) == 1 and "Traceback" not in proc.stderr + proc.stdout
 
 
-def _wait_for(predicate, proc, timeout=300):
+def _wait_for(predicate, proc, timeout=600):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
@@ -240,8 +240,10 @@ def test_killed_labeling_does_not_pay_twice(tmp_path):
         return "A short answer about " + messages[-1]["content"].lower()
 
     run_dir = tmp_path / "endpoint"
-    with FakeOpenAIServer(reply=reply) as server:
-        teacher = ["--set", "models.teacher.provider=openai", "--set", f"models.teacher.base_url={server.base_url}", "--set", "models.teacher.model=t", "--set", "models.teacher.generation.batch_size=1", "--set", "models.student.base=referee"]
+    judge = FakeOpenAIServer(reply=lambda messages: '{"score_a": 6, "score_b": 4, "reason": "ok"}')  # its own server: not counted
+    with FakeOpenAIServer(reply=reply) as server, judge:
+        teacher = ["--set", "models.teacher.provider=openai", "--set", f"models.teacher.base_url={server.base_url}", "--set", "models.teacher.model=t", "--set", "models.teacher.generation.batch_size=1", "--set", "models.student.base=generator",
+                   "--set", "models.referee.provider=openai", "--set", f"models.referee.base_url={judge.base_url}", "--set", "models.referee.model=judge"]  # fmt: skip
         proc = subprocess.Popen(distill_cmd() + ["run", *SMOKE, *ONE_ITERATION, *teacher, "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         journal = run_dir / "iter_00/teacher.partial.jsonl"
         _wait_for(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 4, proc)

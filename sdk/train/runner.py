@@ -71,7 +71,8 @@ def preflight(recipe: Recipe, iter_dir: Path, init: Optional[Path]) -> None:
 
 def read_metrics(iter_dir: Path) -> dict:
     path = Path(iter_dir) / METRICS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {"stages": {}}
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return data if isinstance(data.get("stages"), dict) else {"stages": {}}  # a file the caller rewrote is no resume point
 
 
 def training_rows(iter_dir: Path) -> list[dict]:
