@@ -255,6 +255,14 @@ class AdversarialSettings(_Strict):
     hard_share: float = Field(0.5, ge=0.0, le=1.0, description="share of generated instructions made from hard examples (Lion: 0.5)")
     max_refereed: Optional[int] = Field(None, ge=1, description="cap on cache-pool instructions refereed per iteration (sampled; null = all)")
     severe_findings_hard: bool = Field(True, description="a verifier finding of severity 'error' on the student's answer makes the instruction hard")
+    carry_fraction: float = Field(
+        0.5, ge=0.0, le=10.0,
+        description="iterations after the first also train on earlier, already-labelled instructions: this many per new one (0 = new ones only, as in Lion)",
+    )  # fmt: skip
+    min_domain_similarity: Optional[float] = Field(
+        0.25, ge=-1.0, le=1.0,
+        description="a generated instruction whose cosine similarity to every seed is below this is rejected as off-domain (null = no check)",
+    )  # fmt: skip
 
 
 class ForgettingSettings(_Strict):

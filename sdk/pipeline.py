@@ -7,7 +7,7 @@
 
   then, for k = 0 .. adversarial.iterations-1, in iter_<k>/ (Lion's loop):
 
-    pool          train_pool.jsonl cache_pool.jsonl   k=0: seeds + synthesised; k>0: what iteration k-1 generated
+    pool          train_pool.jsonl cache_pool.jsonl   k=0: seeds (+ seed_grounding.jsonl) + synthesised; k>0: what k-1 generated
     label         teacher.jsonl                  imitation: the teacher answers the train pool (journaled)
     train         student/                       imitation: the student is trained on those answers (checkpointed)
     eval          eval_student.jsonl eval.json   the student's held-out score and relative score after this iteration
@@ -92,6 +92,17 @@ class Pipeline:
         if key not in self._models:
             self._models[key] = load_chat_model(spec, self.recipe.models)
         return self._models[key]
+
+    def release_models(self) -> None:
+        """Drop every loaded model (they reload on next use), e.g. before a launched training stage."""
+        import gc
+
+        import torch
+
+        self._models.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def budget(self, role: str):
         """The role's budget (calls, tokens, cost), persisted in the run directory so a resume keeps counting."""
@@ -310,7 +321,7 @@ class Pipeline:
 
     def evaluate_student(self, student_path: Path | None, tag: str, answers_rel: str, referee_rel: str, summary_rel: str) -> list[Path]:
         """The student answers the held-out set; domain metrics and the referee's relative score."""
-        from sdk.adversarial.referee import Pair, relative_score
+        from sdk.adversarial.referee import Pair, relative_score, score_summary
 
         eval_rows = self._eval_rows()
         student = self.load_student(student_path, tag)
@@ -338,7 +349,7 @@ class Pipeline:
         teacher_answers = {k: (r.get("answer") or "") for k, r in teacher.items()}
         ll = {r["id"]: r["teacher_loglik"] for r in out if "teacher_loglik" in r} or None
         domain = score_answers(eval_rows, {r["id"]: r["answer"] for r in out}, teacher_answers, ll)
-        summary = dict(domain["summary"], relative_score=relative_score(verdicts[primary]), referee=primary)
+        summary = dict(domain["summary"], relative_score=relative_score(verdicts[primary]), referee=primary, **score_summary(verdicts[primary]))
         for kind, rows in verdicts.items():
             summary[f"relative_score_{kind}"] = relative_score(rows)
         for kind in verdicts:
@@ -352,12 +363,39 @@ class Pipeline:
         it = it_name(k)
         return self.evaluate_student(self.student_dir(k), f"after iteration {k}", f"{it}/eval_student.jsonl", f"{it}/eval_referee.jsonl", f"{it}/eval.json")
 
+    def carried_rows(self, k: int, n_new: int) -> list[dict]:
+        """Earlier instructions the teacher already answered, carried into iteration k's train pool so the
+        student keeps seeing the seeds and curated data while it learns the new ones (no new teacher calls)."""
+        n = round(self.recipe.adversarial.carry_fraction * n_new)
+        answered = self.teacher_answers(k - 1)
+        earlier = {r["id"]: r for j in range(k) for r in self.store.read_jsonl(f"{it_name(j)}/train_pool.jsonl") if r.get("source") not in ("replay", "carried") and r["id"] in answered}
+        picked = random.Random(f"{self.recipe.seed}:carry:{k}").sample(sorted(earlier), min(n, len(earlier)))
+        return [dict(earlier[i], source="carried", origin=earlier[i].get("source")) for i in sorted(picked)]
+
+    def ground_seeds(self, seeds: list[dict]) -> list[dict]:
+        """Link each seed to its nearest corpus chunk (FAISS via llama-index) for provenance; the chunk texts go
+        to iter_00/seed_grounding.jsonl so the report can show them from the run directory alone."""
+        from sdk.knowledge.retrieve import retrieve
+
+        if not seeds or not self.store.read_json("knowledge.json").get("chunks"):
+            return seeds
+        grounded, found = [], []
+        for row in seeds:
+            passage = retrieve(self.index_dir(), row["instruction"], k=1)
+            if passage:
+                p = passage[0]
+                found.append({"id": row["id"], "chunk_id": p.chunk_id, "document": p.document, "score": round(p.score, 4), "text": p.text})
+                row = dict(row, provenance=dict(row["provenance"], grounding={"chunk_id": p.chunk_id, "document": p.document, "score": round(p.score, 4)}))
+            grounded.append(row)
+        self.store.write_jsonl(f"{it_name(0)}/seed_grounding.jsonl", found)
+        return grounded
+
     # one iteration of the loop ----------------------------------------------------------------
     def stage_pool(self, k: int):
         """The train pool (what the student learns from now) and the cache pool (everything so far)."""
         it = it_name(k)
         if k == 0:
-            seeds = [dict(r, source="seed") for r in seed_pool(self.pack, self.recipe.data.max_seeds, self.recipe.seed)]
+            seeds = self.ground_seeds([dict(r, source="seed") for r in seed_pool(self.pack, self.recipe.data.max_seeds, self.recipe.seed)])
             synthesized = [dict(r, source="synthesized") for r in self.store.read_jsonl(f"{it}/synthesized.jsonl")]
             train_pool = seeds + synthesized
             cache_pool = train_pool
@@ -365,6 +403,7 @@ class Pipeline:
             prev = it_name(k - 1)
             train_pool = [dict(r, source="generated", origin=r["source"]) for r in self.store.read_jsonl(f"{prev}/generated.jsonl")]
             cache_pool = self.store.read_jsonl(f"{prev}/cache_pool.jsonl") + train_pool
+            train_pool = train_pool + self.carried_rows(k, len(train_pool))
         fraction = self.recipe.train.replay_fraction
         if fraction and train_pool:
             from sdk.train.replay import replay_count, replay_instructions
@@ -376,9 +415,13 @@ class Pipeline:
     def stage_label(self, k: int):
         it = it_name(k)
         pool = self.store.read_jsonl(f"{it}/train_pool.jsonl")
+        earlier = self.teacher_answers(k - 1) if k > 0 else {}
         journal = self.store.journal(f"{it}/teacher.partial.jsonl")
         use_context = self.recipe.curation.teacher_context == "passage"
-        rows = label_rows(pool, self.teacher, self.teacher_name(), self.pack.spec.system_prompt, journal, use_context=use_context, budget=self.budget("teacher"))
+        # an instruction the teacher answered in an earlier iteration (carried, replay) is not asked again
+        fresh = label_rows([r for r in pool if r["id"] not in earlier], self.teacher, self.teacher_name(), self.pack.spec.system_prompt, journal, use_context=use_context, budget=self.budget("teacher"))
+        answers = {r["id"]: r for r in fresh}
+        rows = [answers[r["id"]] if r["id"] in answers else dict(r, answer=earlier[r["id"]]["answer"], status="ok", provenance=dict(earlier[r["id"]]["provenance"], reused=True)) for r in pool]
         path = self.store.write_jsonl(f"{it}/teacher.jsonl", rows)
         journal.remove()
         return [path]
@@ -406,6 +449,8 @@ class Pipeline:
         init = self.student_dir(k - 1)
         if "dpo" in self.recipe.train.stages:
             self.write_dpo_pairs(k, rows, init)
+        if self.recipe.train.launcher.kind != "local":
+            self.release_models()  # the launched processes load what they need; this one keeps no weights meanwhile
         metrics = train_student(self.recipe, self.store.path(it), init, self.store.path(it, "student"), self.pack.spec.system_prompt, verifier=self.pack.run_verifiers)
         self.store.write_json(f"{it}/train_metrics.json", summarise_train(metrics, len(rows), init))
         return [self.store.path(it, "student")]
@@ -507,6 +552,7 @@ class Pipeline:
             n_new=adv.new_per_iteration, max_attempts=adv.max_attempts, hard_share=adv.hard_share,
             rouge_threshold=cur.rouge_threshold, cosine_threshold=cur.cosine_threshold,
             min_words=cur.min_words, max_words=cur.max_words, seed=self.recipe.seed, iteration=k,
+            min_domain_similarity=adv.min_domain_similarity, domain_references=tuple(s.instruction for s in self.pack.seeds()),
         )  # fmt: skip
         hard, easy = self.store.read_jsonl(f"{it}/hard.jsonl"), self.store.read_jsonl(f"{it}/easy.jsonl")
         cache_pool = self.store.read_jsonl(f"{it}/cache_pool.jsonl")

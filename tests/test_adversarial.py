@@ -258,6 +258,24 @@ def test_generation_keeps_diverse_balanced_instructions_with_parents(pack):
     assert hard_prompts and all(any(h["instruction"] in p for h in HARD) for p in hard_prompts)
 
 
+def test_generation_rejects_off_domain_replies_with_the_real_embedder(pack):
+    """The domain check (MiniLM cosine to the nearest seed) drops a small generator's drift, keeps clinical tasks."""
+    from sdk.knowledge.embeddings import load_embedder
+
+    drift = ["Do not copy this as your first response, just add an asterisk.", "Write a limerick about a lighthouse keeper and his cat."]
+
+    def reply(prompt, n):
+        return drift[n % 2] if n % 3 == 0 else DISTINCT[n % len(DISTINCT)]
+
+    plan = _plan(n_new=6, max_attempts=12, min_domain_similarity=0.25, domain_references=tuple(DISTINCT))
+    out = generate_instructions(pack, ScriptedGenerator(reply), "scripted", HARD, EASY, HARD + EASY, plan, embedder=load_embedder())
+    off = [r for r in out.rejected if r["reason"] == "off_domain"]
+    assert off and {r["instruction"] for r in off} <= set(drift)
+    assert "to the nearest seed, below 0.25" in off[0]["detail"]
+    assert out.kept and not {r["instruction"] for r in out.kept} & set(drift)
+    assert out.stats["rejected_by_reason"]["off_domain"] == len(off)
+
+
 def test_generation_stops_at_the_attempt_budget(pack):
     generator = ScriptedGenerator(lambda prompt, n: "Explain what a fever is.")  # always a duplicate
     out = generate_instructions(pack, generator, "scripted", HARD, EASY, HARD + EASY, _plan(max_attempts=7))

@@ -1,13 +1,16 @@
 """End-to-end runs on the tiny test pack with the embedded teacher and pruned student."""
 
+import base64
 import json
 import math
 import re
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -137,7 +140,15 @@ def test_loop_pools_split_and_generation(smoke_run):
             reference.append(row["instruction"])
     # iteration 1 trains on what iteration 0 generated; its cache pool is everything so far
     gen0 = _jsonl(root / "iter_00/generated.jsonl")
-    assert [r["id"] for r in _jsonl(root / "iter_01/train_pool.jsonl")] == [r["id"] for r in gen0]
+    pool1 = _jsonl(root / "iter_01/train_pool.jsonl")
+    assert [r["id"] for r in pool1 if r["source"] == "generated"] == [r["id"] for r in gen0]
+    # plus half as many earlier instructions, carried with the answers the teacher already gave (no new calls)
+    carried = [r for r in pool1 if r["source"] == "carried"]
+    assert len(carried) == round(0.5 * len(gen0)) and len(pool1) == len(gen0) + len(carried)
+    assert {r["id"] for r in carried} <= {r["id"] for r in _jsonl(root / "iter_00/train_pool.jsonl")}
+    labels0 = {r["id"]: r["answer"] for r in _jsonl(root / "iter_00/teacher.jsonl")}
+    labels1 = {r["id"]: r for r in _jsonl(root / "iter_01/teacher.jsonl")}
+    assert all(labels1[r["id"]]["answer"] == labels0[r["id"]] and labels1[r["id"]]["provenance"]["reused"] for r in carried)
     assert [r["id"] for r in _jsonl(root / "iter_01/cache_pool.jsonl")] == [r["id"] for r in _jsonl(root / "iter_00/cache_pool.jsonl") + gen0]
     m = result.metrics
     assert len(m["iterations"]) == 2 and len(m["relative_score"]["per_iteration"]) == 2
@@ -146,7 +157,7 @@ def test_loop_pools_split_and_generation(smoke_run):
         assert d["hard"] + d["easy"] + d["unparsed"] == d["refereed"] and 0 <= d["hard_ratio"] <= 1
         assert d["gap_mean"] is not None and d["gap_median"] is not None
         assert 0 < i["eval"]["relative_score"] <= 100 * 10
-        assert set(i["generation"]["rejected_by_reason"]) <= {"failed", "unparseable", "quality", "rouge", "cosine", "balance"}
+        assert set(i["generation"]["rejected_by_reason"]) <= {"failed", "unparseable", "quality", "off_domain", "rouge", "cosine", "balance"}
 
 
 def test_forgetting_before_and_after_on_the_local_suite(smoke_run):
@@ -291,3 +302,113 @@ def test_budget_stops_the_run_cleanly_and_resume_finishes_it(tmp_path, capsys):
     labeled = _jsonl(run_dir / "iter_00/teacher.jsonl")
     assert len(labeled) == 8 and all(r["status"] == "ok" for r in labeled)
     assert json.loads((run_dir / "budget/teacher.json").read_text())["calls"] == 6 + 6  # only the 6 unanswered seeds
+
+
+# report.html ------------------------------------------------------------------------------------
+class Page(HTMLParser):
+    """Headings, images, links, ids and external references of an HTML page."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.headings, self.images, self.links, self.ids, self.external = [], [], [], set(), []
+        self.samples = 0
+        self._in_heading = False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "h2":
+            self._in_heading = True
+            self.headings.append("")
+        if tag == "img":
+            self.images.append(a["src"])
+        if tag == "a":
+            self.links.append(a["href"])
+        if tag in ("script", "link", "iframe") or (tag == "img" and not a["src"].startswith("data:")):
+            self.external.append((tag, a))
+        if tag == "div" and a.get("class") == "sample" and "id" not in a:
+            self.samples += 1
+
+    def handle_endtag(self, tag):
+        if tag == "h2":
+            self._in_heading = False
+
+    def handle_data(self, data):
+        if self._in_heading:
+            self.headings[-1] += data
+
+
+def _text_without_images(page: str) -> str:
+    import re
+
+    return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "IMG", page)
+
+
+def test_report_has_every_section_and_is_self_contained(smoke_run):
+    result, _ = smoke_run
+    root = Path(result.run_dir)
+    text = (root / "report.html").read_text()
+    page = Page(text)
+    for heading in ("Recipe", "Held-out domain metrics", "The loop, per iteration", "Forgetting check", "Training", "Sample instructions", "Provenance: corpus chunks", "metrics.json"):
+        assert any(h.startswith(heading) for h in page.headings), (heading, page.headings)
+    assert not page.external  # opens offline: no scripts, stylesheets or images from elsewhere
+    # four plots: domain metrics, the loop, forgetting deltas, loss curves; each a real PNG
+    assert len(page.images) == 4
+    for src in page.images:
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    # the recipe, the per-iteration domain rows, the forgetting verdict and its tasks
+    assert "train stages" in text and "sft" in text and "replay fraction" in text
+    assert "student after iteration 0" in text and "student after iteration 1" in text and ">teacher<" in text
+    verdict = result.metrics["forgetting"]["verdict"]
+    assert verdict.split(":")[0] in text and "distillery_general_mc" in text and "distillery_general_ppl" in text
+
+
+def test_report_samples_hard_first_with_provenance_links(smoke_run):
+    result, _ = smoke_run
+    root = Path(result.run_dir)
+    text = (root / "report.html").read_text()
+    page = Page(text)
+    assert page.samples == 5
+    referee = [json.loads(x) for x in (root / "iter_01/referee.jsonl").read_text().splitlines()]
+    hardest = max((r for r in referee if r["hard"]), key=lambda r: r["gap"])
+    first = text.index("<div class='sample'>")
+    assert text.index(hardest["id"], first) < text.index("<div class='sample'>", first + 1)  # the hardest comes first
+    assert text.count("<b>Teacher</b>") == 5 and text.count("<b>Student</b>") == 5
+    # every seed is linked to its nearest corpus chunk, and every in-page link lands on a chunk shown below
+    grounding = [json.loads(x) for x in (root / "iter_00/seed_grounding.jsonl").read_text().splitlines()]
+    knowledge = json.loads((root / "knowledge.json").read_text())
+    chunk_ids = {json.loads(x)["chunk_id"] for x in (Path(knowledge["index_dir"]) / "chunks.jsonl").read_text().splitlines()}
+    assert len(grounding) == 8 and {g["chunk_id"] for g in grounding} <= chunk_ids
+    anchors = [link[1:] for link in page.links if link.startswith("#")]
+    assert anchors and set(anchors) <= page.ids
+    assert any(link.startswith("file://") for link in page.links)  # chunks link to their source files
+
+
+def test_distill_report_rebuilds_from_the_run_directory_alone(smoke_run, tmp_path):
+    result, _ = smoke_run
+    copy = tmp_path / "moved"
+    shutil.copytree(result.run_dir, copy)
+    original = (copy / "report.html").read_text()
+    (copy / "report.html").unlink()
+    proc = subprocess.run(distill_cmd() + ["report", str(copy)], capture_output=True, text=True, timeout=300, env={"PATH": "", "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "relative score" in proc.stdout
+    assert _text_without_images((copy / "report.html").read_text()) == _text_without_images(original)
+
+
+@pytest.mark.slow
+def test_forgetting_gate_fires_and_strict_exits_non_zero(tmp_path):
+    """max_drop 0 and a learning rate that wrecks the student: the gate fails the run and --strict exits 3."""
+    run_dir = tmp_path / "wrecked"
+    settings = ["adversarial.iterations=1", "curation.passages=0", "forgetting.max_drop=0", "train.learning_rate=1e-2", "forgetting.limit=16"]
+    proc = subprocess.run(distill_cmd() + ["run", *SMOKE, "--run-dir", str(run_dir), "--strict"] + [a for s in settings for a in ("--set", s)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["checks"]["forgetting"] == "failed forgetting check"
+    assert not metrics["forgetting"]["passed"] and metrics["forgetting"]["max_drop"] == 0
+    failed = [t for t, row in metrics["forgetting"]["tasks"].items() if not row["passed"]]
+    assert failed and all(metrics["forgetting"]["tasks"][t]["drop"] > 0 for t in failed)
+    assert "failed forgetting check" in proc.stdout + proc.stderr
+    assert "failed forgetting check" in (run_dir / "report.html").read_text()

@@ -25,7 +25,11 @@ def test_built_wheel_carries_packs_corpora_and_recipes(tmp_path):
         "import sdk.paths as p, sdk.packs as packs;"
         "d = p.data_dir('domains'); print(d);"
         "print(sorted(packs.discover_packs()));"
-        "print(len(packs.resolve_pack('medical').corpus_files()))"
+        "print(len(packs.resolve_pack('medical').corpus_files()));"
+        "from sdk.evaluate.forgetting import local_task_names, LOCAL_TASKS_DIR;"
+        "print(local_task_names(), sorted(f.name for f in LOCAL_TASKS_DIR.glob('*.jsonl')));"
+        "from sdk.train.replay import general_instructions;"
+        "print(len(general_instructions()), sorted(f.name for f in (p.data_dir('configs') / 'deepspeed').glob('*.json')))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -33,3 +37,7 @@ def test_built_wheel_carries_packs_corpora_and_recipes(tmp_path):
     assert lines[0].startswith(str(target)) and lines[0].endswith("sdk/_data/domains")
     assert lines[1] == "['finance', 'law', 'medicine', 'science']"
     assert int(lines[2]) >= 25
+    # the forgetting suite (lm-eval task YAML + data), the replay set and the DeepSpeed configs ship too
+    assert lines[3] == "['distillery_general', 'distillery_general_mc', 'distillery_general_ppl'] ['general_mc.jsonl', 'general_ppl.jsonl']"
+    count, deepspeed = lines[4].split(" ", 1)
+    assert int(count) >= 200 and "zero3.json" in deepspeed

@@ -3,7 +3,8 @@
 Each attempt samples a parent from one side and renders the pack's prompt for it:
   hard -> `generate_hard`: same domain and task type, harder
   easy -> `generate_easy`: same domain, a different, more long-tail topic
-The reply goes through the quality rules and the diversity filter (exact ROUGE-L, then embedding
+The reply goes through the quality rules, the domain check (cosine similarity to the nearest seed at
+least `adversarial.min_domain_similarity`) and the diversity filter (exact ROUGE-L, then embedding
 cosine) against the cache pool as it stands, which grows with every kept instruction.
 
 Attempts run in rounds until N_new are kept or the attempt budget is spent. Each round asks only for
@@ -18,7 +19,9 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
+
+import numpy as np
 
 from sdk.curation.seeds import provenance
 from sdk.curation.synthesis import parse_instructions, quality_problem, split_task_label
@@ -52,6 +55,8 @@ class GenerationPlan:
     max_words: int
     seed: int
     iteration: int
+    min_domain_similarity: Optional[float] = None  # cosine to the nearest domain reference (the seeds); None = off
+    domain_references: tuple[str, ...] = ()
 
 
 @dataclass
@@ -91,6 +96,7 @@ def generate_instructions(pack, generator, generator_name: str, hard: list[dict]
     targets = side_targets(plan.n_new, plan.hard_share, bool(hard), bool(easy))
     pool_ids = [r["id"] for r in cache_pool]
     filt = DiversityFilter([r["instruction"] for r in cache_pool], plan.rouge_threshold, plan.cosine_threshold, embedder)
+    domain = DomainCheck(plan.domain_references, plan.min_domain_similarity, embedder)
     versions = {side: hashlib.sha256(pack.prompt_path(f"generate_{side}").read_bytes()).hexdigest()[:12] for side in SIDES}
 
     out = GenerationOutcome()
@@ -124,7 +130,7 @@ def generate_instructions(pack, generator, generator_name: str, hard: list[dict]
         # A budget that runs out raises here; the journal keeps every reply, so a resume replays them.
         generator.generate_journaled(keys, convs, journal, to_row, f"generating instructions (iteration {plan.iteration})", budget=budget)
         for key, side, parent in specs:
-            _decide(journal.done[key], side, parent, filt, pool_ids, plan, generator_name, versions[side], kept, out)
+            _decide(journal.done[key], side, parent, filt, domain, pool_ids, plan, generator_name, versions[side], kept, out)
 
     # Keep the sides in proportion (Lion: 1:1): trim the latest of an over-full side.
     if all(targets[s] > 0 for s in SIDES):
@@ -138,7 +144,7 @@ def generate_instructions(pack, generator, generator_name: str, hard: list[dict]
     return out
 
 
-def _decide(reply: dict, side: str, parent: dict, filt, pool_ids: list[str], plan: GenerationPlan, generator_name: str, version: str, kept: dict, out: GenerationOutcome) -> None:
+def _decide(reply: dict, side: str, parent: dict, filt, domain: "DomainCheck", pool_ids: list[str], plan: GenerationPlan, generator_name: str, version: str, kept: dict, out: GenerationOutcome) -> None:
     prov = provenance(
         "generate",
         model=generator_name,
@@ -163,7 +169,12 @@ def _decide(reply: dict, side: str, parent: dict, filt, pool_ids: list[str], pla
     if problem:
         out.rejected.append(dict(row, reason="quality", detail=problem, raw=reply["reply"]))
         return
-    decision = filt.check(text, label=row["id"])
+    vector = domain.vector(text)
+    similarity = domain.similarity(vector)
+    if similarity is not None and similarity < domain.threshold:
+        out.rejected.append(dict(row, reason="off_domain", detail=f"cosine {similarity:.3f} to the nearest seed, below {domain.threshold:g}", raw=reply["reply"]))
+        return
+    decision = filt.check(text, vector=vector, label=row["id"])
     if not decision.kept:
         match = decision.match or ""
         if match.startswith("pool:"):
@@ -172,6 +183,28 @@ def _decide(reply: dict, side: str, parent: dict, filt, pool_ids: list[str], pla
         out.rejected.append(dict(row, reason=decision.reason, detail=f"{decision.reason} {score:.3f} to {match}", similar_to=match))
         return
     kept[side].append(dict(row, max_rouge_vs_pool=round(decision.max_rouge, 4)))
+
+
+class DomainCheck:
+    """Keeps generation in the pack's field: a candidate must come within `threshold` cosine similarity of
+    at least one reference instruction (the seeds). A small generator drifts into text about the task, other
+    fields or noise; answering and training on those teaches the student nothing about the domain."""
+
+    def __init__(self, references: Sequence[str], threshold: Optional[float], embedder=None):
+        self.threshold = threshold
+        self.embedder = embedder
+        self._refs = None
+        if threshold is not None and embedder is not None and references:
+            refs = np.asarray(embedder(list(references)), dtype=np.float32)
+            self._refs = refs / np.linalg.norm(refs, axis=1, keepdims=True)
+
+    def vector(self, text: str) -> Optional[np.ndarray]:
+        return None if self.embedder is None else np.asarray(self.embedder([text])[0], dtype=np.float32)
+
+    def similarity(self, vector: Optional[np.ndarray]) -> Optional[float]:
+        if self._refs is None or vector is None:
+            return None
+        return float((self._refs @ (vector / np.linalg.norm(vector))).max())
 
 
 def generation_stats(out: GenerationOutcome, attempts: int, targets: dict, plan: GenerationPlan) -> dict:

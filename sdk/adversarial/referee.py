@@ -283,6 +283,21 @@ def relative_score(rows: list[dict]) -> Optional[float]:
     return round(100.0 * sum(r["student_score"] for r in scored) / teacher_total, 2)
 
 
+def score_summary(rows: list[dict]) -> dict:
+    """Mean referee scores and verifier findings over the held-out answers (the report's domain table)."""
+    scored = [r for r in rows if r["status"] == "ok"]
+
+    def mean(values: list[float]) -> Optional[float]:
+        return round(sum(values) / len(values), 4) if values else None
+
+    return {
+        "referee_teacher_mean": mean([r["teacher_score"] for r in scored]),
+        "referee_student_mean": mean([r["student_score"] for r in scored]),
+        "findings_teacher": sum(len(r["findings"]["teacher"]) for r in rows),
+        "findings_student": sum(len(r["findings"]["student"]) for r in rows),
+    }
+
+
 def agreement(primary: list[dict], secondary: list[dict]) -> Optional[dict]:
     """How often two referees put the same instruction on the same side, and how their gaps correlate."""
     other = {r["id"]: r for r in secondary if r.get("hard") is not None}

@@ -52,7 +52,7 @@ seeds: seeds.jsonl
 eval:
   path: eval.jsonl
 forgetting:
-  tasks: []
+  tasks: [distillery_general]   # the SDK's offline general suite; add lm-eval names (arc_easy, mmlu) if their data is cached
   max_drop: 0.05
 """
 
