@@ -654,5 +654,5 @@ class Pipeline:
             metrics["forgetting"] = {"passed": gate["passed"], "verdict": gate["verdict"], "max_drop": gate["max_drop"], "replay_fraction": record["replay_fraction"], "limit": record["limit"], "hint": record["hint"], "tasks": gate["tasks"]}
             metrics["checks"] = {"forgetting": "passed" if gate["passed"] else "failed forgetting check"}
         self.store.write_json("metrics.json", metrics)
-        report = write_report(self.store.root, metrics)
+        report = write_report(self.store.root, metrics, status="finished")
         return [self.store.path("eval/domain.json"), self.store.path("metrics.json"), report, self.store.path("student")]

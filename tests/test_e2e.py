@@ -353,6 +353,7 @@ def test_report_has_every_section_and_is_self_contained(smoke_run):
     page = Page(text)
     for heading in ("Recipe", "Held-out domain metrics", "The loop, per iteration", "Forgetting check", "Training", "Sample instructions", "Provenance: corpus chunks", "metrics.json"):
         assert any(h.startswith(heading) for h in page.headings), (heading, page.headings)
+    assert "run finished" in text
     assert not page.external  # opens offline: no scripts, stylesheets or images from elsewhere
     # four plots: domain metrics, the loop, forgetting deltas, loss curves; each a real PNG
     assert len(page.images) == 4

@@ -54,7 +54,7 @@ def test_remote_roles_survive_faults_and_a_second_run_sends_nothing(tmp_path):
     kinds = ("429", "500", "503", "slow", "drop", "malformed", "empty", "garbage")
     # each kind of fault once at the start, then a fault on about one request in six
     with FakeOpenAIServer(reply=scripted_reply, faults=list(kinds), random_faults=0.15, random_kinds=kinds, seed=7, slow_s=2.0, retry_after="1") as server:
-        settings = ["adversarial.iterations=1", "forgetting.limit=8", "models.student.provider=hf", f"models.student.name_or_path={student}"]
+        settings = ["adversarial.iterations=1", "forgetting.enabled=false", "train.epochs=1", "models.student.provider=hf", f"models.student.name_or_path={student}"]
         for role in ("teacher", "referee", "generator"):
             settings += [f"models.{role}.provider=openai", f"models.{role}.base_url={server.base_url}", f"models.{role}.model={role}-model",
                          f"models.{role}.api_key_env=DISTILLERY_E2E_KEY", f"models.{role}.timeout_s=1", f"models.{role}.backoff_base_s=0.05",

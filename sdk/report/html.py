@@ -399,10 +399,12 @@ def section_chunks(run_dir: Path, cited: set[str], corpus: Optional[str]) -> str
     return head + "<details open><summary>Chunks</summary>" + "".join(parts) + "</details>"
 
 
-def write_report(run_dir: Path, metrics: dict) -> Path:
+def write_report(run_dir: Path, metrics: dict, status: Optional[str] = None) -> Path:
+    """Write run_dir/report.html; `status` defaults to the manifest's (the finalize stage passes 'finished')."""
     run_dir = Path(run_dir)
     manifest_path = run_dir / "manifest.json"
-    status = json.loads(manifest_path.read_text()).get("status", "finished") if manifest_path.is_file() else "finished"
+    if status is None:
+        status = json.loads(manifest_path.read_text()).get("status", "finished") if manifest_path.is_file() else "finished"
     knowledge_path = run_dir / "knowledge.json"
     corpus = json.loads(knowledge_path.read_text()).get("corpus") if knowledge_path.is_file() else None
     samples, cited = section_samples(run_dir, metrics, corpus)
