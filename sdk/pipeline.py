@@ -384,7 +384,8 @@ class Pipeline:
             passage = retrieve(self.index_dir(), row["instruction"], k=1)
             if passage:
                 p = passage[0]
-                found.append({"id": row["id"], "chunk_id": p.chunk_id, "document": p.document, "score": round(p.score, 4), "text": p.text})
+                found.append({"id": row["id"], "instruction": row["instruction"], "chunk_id": p.chunk_id, "document": p.document, "score": round(p.score, 4), "text": p.text,
+                              "provenance": {"document": p.document, "chunk_id": p.chunk_id, "stage": "seed_grounding", "model": self.recipe.knowledge.embedder}})  # fmt: skip
                 row = dict(row, provenance=dict(row["provenance"], grounding={"chunk_id": p.chunk_id, "document": p.document, "score": round(p.score, 4)}))
             grounded.append(row)
         self.store.write_jsonl(f"{it_name(0)}/seed_grounding.jsonl", found)
