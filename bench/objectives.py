@@ -50,7 +50,7 @@ def prepare(data_dir: Path, pack, teacher, system: str, train_size: int, max_eva
     from sdk.evaluate.domain import answer_conversations, clean_answer
     from sdk.store import atomic_write_jsonl, read_jsonl
 
-    train_file, eval_file = data_dir / "teacher.jsonl", data_dir / "eval_teacher.jsonl"
+    train_file, eval_file = data_dir / f"teacher-{train_size}.jsonl", data_dir / f"eval_teacher-{max_eval}.jsonl"  # cached per size
     if not (train_file.is_file() and eval_file.is_file()):
         seeds = [{"id": s.id, "instruction": s.instruction} for s in pack.seeds()][:train_size]
         evals = [{"id": r["id"], "instruction": r["instruction"]} for r in (e.model_dump() for e in pack.eval_rows())][:max_eval]
@@ -135,7 +135,7 @@ def main() -> None:
     max_new = base.eval.max_new_tokens
 
     # DPO pairs: teacher's answer over the untrained student's (as the loop's first iteration would build them)
-    initial_file = args.work_dir / "student_initial_train_answers.json"
+    initial_file = args.work_dir / f"student_initial_train_answers-{args.train_size}.json"
     if not initial_file.is_file():
         initial_file.write_text(json.dumps(student_answers(None, base, system, [r["instruction"] for r in train_rows], base.models.teacher.generation.max_new_tokens)))
     initial = json.loads(initial_file.read_text())
