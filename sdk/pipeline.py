@@ -280,10 +280,10 @@ class Pipeline:
     def general_scores(self, student_path: Path | None, tag: str) -> dict:
         from sdk.evaluate.forgetting import evaluate_general
 
-        f = self.recipe.forgetting
+        f, tasks = self.recipe.forgetting, self.forgetting_tasks()
         student = self.load_student(student_path, tag)
-        log(f"forgetting check ({tag}): {', '.join(self.forgetting_tasks())}" + (f", {f.limit} items per task" if f.limit else ""))
-        return evaluate_general(student.model, student.tokenizer, self.forgetting_tasks(), limit=f.limit, batch_size=f.batch_size)
+        log(f"forgetting check ({tag}): {', '.join(tasks)}" + (f", {f.limit} items per task" if f.limit else ""))
+        return evaluate_general(student.model, student.tokenizer, tasks, limit=f.limit, batch_size=f.batch_size)
 
     def stage_forgetting_before(self):
         from sdk.evaluate.forgetting import load_tasks
@@ -298,8 +298,7 @@ class Pipeline:
         max_drop = f.max_drop if f.max_drop is not None else self.pack.spec.forgetting.max_drop
         after = self.general_scores(self.student_dir(self.recipe.adversarial.iterations - 1), "after")
         before = self.store.read_json("eval/forgetting_before.json")
-        replay = getattr(self.recipe.train, "replay_fraction", 0.0)
-        record = forgetting_record(before, after, max_drop, replay_fraction=replay, limit=f.limit)
+        record = forgetting_record(before, after, max_drop, replay_fraction=self.recipe.train.replay_fraction, limit=f.limit)
         log(("[green]" if record["gate"]["passed"] else "[bold red]") + record["gate"]["verdict"] + "[/]")
         return [self.store.write_json("eval/forgetting.json", record)]
 
@@ -614,7 +613,7 @@ class Pipeline:
         steps, history, offset = 0, [], 0
         for m in iterations:
             for h in m["train"].get("loss_history", []):
-                history.append({"step": h["step"] + offset, "loss": h["loss"], "iteration": m["iteration"]})
+                history.append({"step": h["step"] + offset, "loss": h["loss"], "iteration": m["iteration"], "stage": h["stage"]})
             offset += m["train"].get("steps", 0)
         first_losses = [m["train"].get("first_logged_loss") for m in iterations if m["train"].get("first_logged_loss") is not None]
         last_losses = [m["train"].get("last_logged_loss") for m in iterations if m["train"].get("last_logged_loss") is not None]

@@ -101,20 +101,15 @@ def plot_loop(metrics: dict) -> Optional[str]:
 
 
 def plot_losses(metrics: dict) -> Optional[str]:
-    """One line per (iteration, training stage), on a step axis that runs on across iterations."""
-    lines, offset = [], 0
-    for it in metrics.get("iterations") or []:
-        train = it.get("train", {})
-        by_stage: dict[str, list[tuple[int, float]]] = {}
-        for h in train.get("loss_history", []):
-            by_stage.setdefault(h.get("stage", "train"), []).append((h["step"] + offset, h["loss"]))
-        lines += [(f"iter {it['iteration']} · {stage}", points) for stage, points in by_stage.items()]
-        offset += train.get("steps", 0)
+    """One line per (iteration, training stage), on the run's step axis (metrics.train.loss_history)."""
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for h in metrics.get("train", {}).get("loss_history", []):
+        lines.setdefault(f"iter {h['iteration']} · {h.get('stage', 'train')}", []).append((h["step"], h["loss"]))
     if not lines:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 3.2))
-    for label, points in lines:
+    for label, points in lines.items():
         ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label)
     ax.set_xlabel("optimizer step (cumulative over iterations)")
     ax.set_ylabel("training loss")
@@ -153,7 +148,8 @@ def plot_before_after(metrics: dict) -> str:
     xs = range(len(keys))
     ax.bar([x - 0.27 for x in xs], [before.get(k) or 0 for k, _ in keys], width=0.27, label="student before")
     ax.bar(list(xs), [after.get(k) or 0 for k, _ in keys], width=0.27, label="student after")
-    ax.bar([x + 0.27 for x in xs], [teacher.get(k) or 0 if k != "rougeL_vs_teacher" else 0 for k, _ in keys], width=0.27, label="teacher")
+    # the teacher's ROUGE-L against itself is 1 by definition: no bar
+    ax.bar([x + 0.27 for x in xs], [0 if k == "rougeL_vs_teacher" else teacher.get(k) or 0 for k, _ in keys], width=0.27, label="teacher")
     ax.set_xticks(list(xs), [label for _, label in keys])
     ax.legend(fontsize=8)
     ax.set_title("Held-out domain metrics")
@@ -342,13 +338,12 @@ def _chunk_anchor(chunk_id: str) -> str:
     return "chunk-" + "".join(c if c.isalnum() else "-" for c in chunk_id)
 
 
-def section_samples(run_dir: Path, metrics: dict, corpus: Optional[str]) -> tuple[str, set[str]]:
+def section_samples(run_dir: Path, metrics: dict, chunks: dict[str, dict]) -> tuple[str, set[str]]:
     """Side-by-side answers and their provenance; returns the html and the chunk ids it links to."""
     samples = choose_samples(run_dir, metrics)
     if not samples:
         return "<p class='muted'>No refereed instructions to show.</p>", set()
     known, cited, parts = _lookup_instructions(run_dir), set(), []
-    chunks = _chunks(run_dir)
     for row in samples:
         source = known.get(row["id"], row)
         prov = source.get("provenance") or {}
@@ -382,9 +377,8 @@ def section_samples(run_dir: Path, metrics: dict, corpus: Optional[str]) -> tupl
     return "".join(parts), cited
 
 
-def section_chunks(run_dir: Path, cited: set[str], corpus: Optional[str]) -> str:
+def section_chunks(chunks: dict[str, dict], cited: set[str], corpus: Optional[str]) -> str:
     """The corpus chunks behind the instructions: those the samples cite first, then the rest the run used."""
-    chunks = _chunks(run_dir)
     if not chunks:
         return "<p class='muted'>No corpus chunks were used (synthesis was off or kept nothing).</p>"
     order = sorted(chunks, key=lambda c: (c not in cited, c))
@@ -407,7 +401,8 @@ def write_report(run_dir: Path, metrics: dict, status: Optional[str] = None) -> 
         status = json.loads(manifest_path.read_text()).get("status", "finished") if manifest_path.is_file() else "finished"
     knowledge_path = run_dir / "knowledge.json"
     corpus = json.loads(knowledge_path.read_text()).get("corpus") if knowledge_path.is_file() else None
-    samples, cited = section_samples(run_dir, metrics, corpus)
+    chunks = _chunks(run_dir)
+    samples, cited = section_samples(run_dir, metrics, chunks)
     sections = [
         ("Recipe", section_recipe(run_dir, metrics)),
         ("Held-out domain metrics", section_domain(metrics)),
@@ -415,7 +410,7 @@ def write_report(run_dir: Path, metrics: dict, status: Optional[str] = None) -> 
         ("Forgetting check", section_forgetting(metrics)),
         ("Training", section_training(metrics)),
         (f"Sample instructions from the last iteration's cache pool (hard first, {N_SAMPLES} at most)", samples),
-        ("Provenance: corpus chunks", section_chunks(run_dir, cited, corpus)),
+        ("Provenance: corpus chunks", section_chunks(chunks, cited, corpus)),
     ]
     body = "".join(f"<h2>{esc(title)}</h2>{content}" for title, content in sections)
     page = f"""<!DOCTYPE html>

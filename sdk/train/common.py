@@ -227,7 +227,10 @@ def load_base(recipe: Recipe, init: Optional[Path]):
 
 def load_stage_model(recipe: Recipe, init: Optional[Path], previous: Optional[Path]):
     with full_weights():
-        return _load_stage_model(recipe, init, previous)
+        model, tokenizer = _load_stage_model(recipe, init, previous)
+    if tokenizer.pad_token is None:  # every trainer pads batches; a model without a pad token pads with EOS
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
 
 
 def _load_stage_model(recipe: Recipe, init: Optional[Path], previous: Optional[Path]):

@@ -69,8 +69,6 @@ def dpo_stage(model, tokenizer, ctx: StageContext):
     if is_main_process():
         atomic_write_jsonl(Path(ctx.iter_dir) / "dpo_pairs_dropped.jsonl", dropped)
     dpo = ctx.settings.dpo
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     args = DPOConfig(
         output_dir=str(ctx.stage_dir("dpo")),
         max_length=ctx.settings.max_seq_length,

@@ -111,8 +111,6 @@ def kd_stage(model, tokenizer, ctx: StageContext):
     with full_weights():
         teacher, t_tok = load_local(recipe.models.teacher, recipe.models)
     check_same_tokenizer(t_tok, tokenizer)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     args = GKDConfig(
         output_dir=str(ctx.stage_dir("kd")),
         max_length=ctx.settings.max_seq_length,

@@ -102,8 +102,6 @@ def rlaif_stage(model, tokenizer, ctx: StageContext):
     # every prompt's group of num_generations completions must fit in one generation batch
     group = rl.num_generations
     kwargs["per_device_train_batch_size"] = math.ceil(ctx.settings.batch_size / group) * group
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     args = GRPOConfig(
         output_dir=str(ctx.stage_dir("rlaif")),
         num_generations=group,
