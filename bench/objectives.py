@@ -13,6 +13,7 @@ steps in total, so a two-stage recipe gives each stage half):
     sft          SFT on the teacher's answers
     kd-fkl       white-box KD, forward KL (beta 0), on-policy fraction 0.5
     kd-rkl       white-box KD, reverse KL (beta 1, MiniLLM), on-policy fraction 0.5
+    sft+kd-rkl   SFT then reverse-KL KD: MiniLLM starts reverse KL from a fine-tuned student
     sft+dpo      SFT then DPO (teacher over student)
     sft+rlaif    SFT then GRPO with the likelihood-referee reward
 
@@ -21,6 +22,7 @@ Columns, means over seeds (± sample standard deviation):
     loglik       teacher's mean per-token log-likelihood of the student's answers (higher = closer)
     keypoints    key-point recall of the eval set's reference key points
     relative     sum of likelihood-referee scores of the student / the same for the teacher's answers, in %
+    empty        held-out answers that came back empty (a collapsed student), mean over seeds
     step_vs_sft  training time per optimizer step relative to the sft recipe
 """
 
@@ -37,6 +39,7 @@ RECIPES = {
     "sft": {"stages": ["sft"]},
     "kd-fkl": {"stages": ["kd"], "kd": {"beta": 0.0, "lmbda": 0.5}},
     "kd-rkl": {"stages": ["kd"], "kd": {"beta": 1.0, "lmbda": 0.5}},
+    "sft+kd-rkl": {"stages": ["sft", "kd"], "kd": {"beta": 1.0, "lmbda": 0.5}},
     "sft+dpo": {"stages": ["sft", "dpo"]},
     "sft+rlaif": {"stages": ["sft", "rlaif"]},
 }
@@ -80,11 +83,11 @@ def student_answers(model_dir_or_none, recipe, system_prompt: str, instructions:
 
 def referee_scores(teacher, system_prompt: str, instructions: list[str], answers: list[str]) -> tuple[list, list[float]]:
     """(teacher log-likelihoods, likelihood-referee scores); an empty answer scores the floor, 1."""
-    from sdk.adversarial.referee import loglik_to_score
+    from sdk.adversarial.referee import likelihood_score
     from sdk.evaluate.domain import answer_conversations
 
     lls = teacher.loglik(answer_conversations(system_prompt, instructions), answers)
-    return lls, [loglik_to_score(ll) or 1.0 for ll in lls]
+    return lls, [likelihood_score(ll, a) or 1.0 for ll, a in zip(lls, answers)]
 
 
 def evaluate(teacher, pack, eval_rows, teacher_answers, answers: list[str], teacher_total: float) -> dict:
@@ -183,14 +186,14 @@ def fmt(values: list[float], digits: int) -> str:
 def print_table(results: dict[str, list[dict]], args) -> None:
     sft_step = statistics.fmean(r["time_per_step"] for r in results["sft"]) if "sft" in results else None
     print(f"\n{args.steps} optimizer steps per recipe, seeds {args.seeds}, {args.train_size} training and {args.max_eval} held-out medicine prompts")
-    print(f"{'recipe':<11} {'rougeL':>15} {'loglik':>15} {'keypoints':>15} {'relative %':>15} {'step_vs_sft':>11}")
+    print(f"{'recipe':<11} {'rougeL':>15} {'loglik':>15} {'keypoints':>15} {'relative %':>15} {'empty':>6} {'step_vs_sft':>11}")
     for name, rows in results.items():
         step = "-"
         if sft_step and "time_per_step" in rows[0]:
             step = f"{statistics.fmean(r['time_per_step'] for r in rows) / sft_step:.2f}"
         print(
             f"{name:<11} {fmt([r['rougeL'] for r in rows], 3):>15} {fmt([r['loglik'] for r in rows], 2):>15} "
-            f"{fmt([r['keypoints'] for r in rows], 3):>15} {fmt([r['relative'] for r in rows], 1):>15} {step:>11}"
+            f"{fmt([r['keypoints'] for r in rows], 3):>15} {fmt([r['relative'] for r in rows], 1):>15} {statistics.fmean(r['empty'] for r in rows):>6.1f} {step:>11}"
         )
 
 

@@ -195,7 +195,8 @@ class RLAIFSettings(_Strict):
     num_generations: int = Field(4, ge=2, le=256, description="completions sampled per prompt (the GRPO group)")
     max_new_tokens: int = Field(48, ge=1, le=8192, description="completion length")
     temperature: float = Field(1.0, gt=0.0, le=2.0, description="sampling temperature of the completions")
-    beta: float = Field(0.0, ge=0.0, le=10.0, description="KL penalty to the reference student (0 = none, no reference model kept)")
+    beta: float = Field(0.04, ge=0.0, le=10.0, description="KL penalty to the reference (pre-GRPO) student; 0 = none, and no reference model is kept")
+    min_tokens: int = Field(16, ge=0, le=8192, description="length floor: a completion shorter than this has its score shrunk linearly towards the minimum (0 = off)")
     penalty_warning: float = Field(1.0, ge=0.0, le=10.0, description="reward points taken off per verifier finding of severity warning")
     penalty_error: float = Field(3.0, ge=0.0, le=10.0, description="reward points taken off per verifier finding of severity error")
 

@@ -11,7 +11,9 @@ from sdk.adversarial.referee import (
     LLMReferee,
     Pair,
     agreement,
+    distinct_trigram_ratio,
     gap_stats,
+    likelihood_score,
     loglik_to_score,
     parse_verdict,
     relative_score,
@@ -59,6 +61,20 @@ def test_loglik_mapping_is_one_point_per_nat_clipped():
     assert loglik_to_score(-1.5) == 8.5
     assert loglik_to_score(-40.0) == 1.0
     assert loglik_to_score(None) is None
+
+
+def test_likelihood_score_discounts_a_looping_answer():
+    prose = "Hypertension is a persistently raised blood pressure, usually defined as 140/90 mmHg or more on repeated readings."
+    loop = "The patient can be treated by any " + "any " * 30
+    assert distinct_trigram_ratio(prose) == 1.0
+    assert distinct_trigram_ratio(loop) == pytest.approx(7 / 35)  # 37 words: 35 trigrams, 6 distinct before the loop + 1
+    assert distinct_trigram_ratio("Yes, twice daily.") == 1.0  # too short to judge
+    # the same per-token likelihood: prose keeps its score, the loop falls towards the minimum
+    assert likelihood_score(-1.5, prose) == 8.5
+    assert likelihood_score(-1.5, loop) == pytest.approx(1.0 + 7.5 * distinct_trigram_ratio(loop))
+    # a loop at near-certain likelihood still scores below honest prose the teacher finds less likely
+    assert likelihood_score(-0.2, loop) < likelihood_score(-3.0, prose)
+    assert likelihood_score(None, prose) is None
 
 
 # ---------------------------------------------------------------------------------------------

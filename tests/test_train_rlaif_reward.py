@@ -39,3 +39,18 @@ def test_verifier_findings_cost_reward(teacher):
     penalised = TeacherReward(teacher, verifier, penalty_warning=1.0, penalty_error=3.0)([prompt], answer)[0]
     assert penalised == pytest.approx(clean - 4.0)
     assert seen == [(QUESTION, "Hypertension is high blood pressure.")]
+
+
+def test_length_floor_stops_a_short_likely_opening_from_outscoring_a_full_answer(teacher):
+    prompt = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
+    full = "Hypertension is blood pressure that stays raised over time, usually 140/90 mmHg or more, which strains the heart and vessels."
+    opening = "Hypertension is"  # likely words, no answer: the per-token mean rewards them highly
+    completions = [[{"role": "assistant", "content": text}] for text in (full, opening)]
+    no_floor = TeacherReward(teacher)([prompt] * 2, completions)
+    with_floor = TeacherReward(teacher, min_tokens=16)([prompt] * 2, completions)
+    n_full, n_opening = (len(teacher.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (full, opening))
+    assert n_full >= 16 > n_opening
+    assert no_floor[1] > no_floor[0]  # the hack the floor is for
+    assert with_floor[0] == pytest.approx(no_floor[0])  # a full-length answer is untouched
+    assert with_floor[1] == pytest.approx(1.0 + (no_floor[1] - 1.0) * n_opening / 16)
+    assert with_floor[0] > with_floor[1]

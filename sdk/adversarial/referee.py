@@ -17,6 +17,17 @@ Two referees share that scale, so their verdicts, gaps and the threshold tau mea
   the per-token log-likelihood ratio of the two answers under the teacher (while neither is clipped):
   tau = 1.5 means the student's answer is e^1.5 ~ 4.5x less likely per token than the teacher's own.
 
+  Likelihood alone rewards degenerate text: once a small model starts repeating itself ("any any any
+  ..."), every further copy is nearly certain under the teacher, so a looping answer can outscore a
+  real one (the degeneration Holtzman et al. 2020 describe). The score is therefore discounted by the
+  answer's share of distinct word trigrams, rho = |distinct trigrams| / |trigrams| (1 for ordinary
+  prose, towards 0 for a loop):
+
+      score = 1 + (clip(10 + l, 1, 10) - 1) * rho
+
+  The teacher's answers in the shipped packs have rho >= 0.9; the pruned demo student's early answers
+  average about 0.6. Answers of fewer than four words, and scripts written without spaces, have rho = 1.
+
 The pack's verifiers run on both answers; their findings go into the LLM prompt as evidence and into
 every row. The rubric (criteria and weights) is written into every row as well.
 """
@@ -42,6 +53,23 @@ def loglik_to_score(loglik: float | None) -> float | None:
     if loglik is None or math.isnan(loglik):
         return None
     return max(SCALE_MIN, min(SCALE_MAX, SCALE_MAX + loglik))
+
+
+def distinct_trigram_ratio(text: str) -> float:
+    """Share of an answer's word trigrams that are distinct: 1.0 for prose, near 0 for a loop."""
+    words = re.findall(r"\w+", text.lower())
+    if len(words) < 4:
+        return 1.0
+    trigrams = list(zip(words, words[1:], words[2:]))
+    return len(set(trigrams)) / len(trigrams)
+
+
+def likelihood_score(loglik: float | None, answer: str) -> float | None:
+    """The likelihood referee's score of one answer: the log-likelihood mapping, discounted for repetition."""
+    score = loglik_to_score(loglik)
+    if score is None:
+        return None
+    return SCALE_MIN + (score - SCALE_MIN) * distinct_trigram_ratio(answer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,8 +191,8 @@ class LikelihoodReferee:
         rows = []
         for pair, t_ll, s_ll in zip(pairs, teacher_ll, student_ll):
             # An empty student answer has no likelihood: it is the worst answer, so it scores the minimum.
-            t_score = loglik_to_score(t_ll)
-            s_score = loglik_to_score(s_ll) if pair.student_answer.strip() else SCALE_MIN
+            t_score = likelihood_score(t_ll, pair.teacher_answer)
+            s_score = likelihood_score(s_ll, pair.student_answer) if pair.student_answer.strip() else SCALE_MIN
             rows.append(_row(pair, self.kind, t_score, s_score, _findings(self.pack, pair), loglik={"teacher": t_ll, "student": s_ll}))
         return rows
 

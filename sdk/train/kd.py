@@ -17,6 +17,7 @@ import os
 
 from sdk.config import Recipe
 from sdk.errors import DistilleryError
+from sdk.progress import log
 from sdk.train.common import StageContext, full_weights, training_args_kwargs
 
 
@@ -111,6 +112,13 @@ def kd_stage(model, tokenizer, ctx: StageContext):
     with full_weights():
         teacher, t_tok = load_local(recipe.models.teacher, recipe.models)
     check_same_tokenizer(t_tok, tokenizer)
+    stages = recipe.train.stages
+    if kd.beta > 0.5 and ctx.init is None and "sft" not in stages[: stages.index("kd")]:
+        log(
+            f"[yellow]kd with beta {kd.beta} (mostly reverse KL) starts from a student that was not fine-tuned: reverse KL is "
+            "mode-seeking and can collapse such a student to empty answers (see docs/training.md); MiniLLM starts it from an "
+            "SFT student, so consider train.stages [sft, kd][/yellow]"
+        )
     args = GKDConfig(
         output_dir=str(ctx.stage_dir("kd")),
         max_length=ctx.settings.max_seq_length,

@@ -2,10 +2,17 @@
 is pushed towards the ones the referee scores higher than the group's mean.
 
 Reward of a completion a to instruction x (1-10 scale, like the referee's):
-    r(x, a) = clip(10 + l_T(a | x), 1, 10) - penalty_warning * #warnings - penalty_error * #errors
-where l_T is the teacher's mean per-token log-likelihood of a (the likelihood referee,
-sdk.adversarial.referee.loglik_to_score) and the counts are the pack verifiers' findings on a
-(severity "info" costs nothing). An empty completion has no likelihood and gets the minimum, 1.
+    s(x, a) = 1 + (clip(10 + l_T(a | x), 1, 10) - 1) * rho(a)
+    r(x, a) = 1 + (s(x, a) - 1) * min(1, |a| / min_tokens) - penalty_warning * #warnings - penalty_error * #errors
+where s is the likelihood referee's score (sdk.adversarial.referee.likelihood_score): l_T is the
+teacher's mean per-token log-likelihood of a and rho(a) its share of distinct word trigrams, which
+takes the reward away from a completion that loops; |a| is its length in tokens and the counts are the pack verifiers'
+findings on a (severity "info" costs nothing). An empty completion has no likelihood and gets the minimum, 1.
+
+The length floor is there because a per-token mean is easy to game: a two-token answer made of the
+teacher's likeliest opening words scores higher than any real answer, and GRPO finds that within a few
+steps (bench/objectives.py saw the student collapse to empty answers without it). Below min_tokens the
+score shrinks linearly towards the minimum, so a short answer has to be very good to beat a full one.
 GRPO's advantage is r minus the mean reward of the completions sampled for the same prompt, divided by
 their standard deviation, so only differences inside a group matter.
 """
@@ -15,7 +22,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from sdk.adversarial.referee import loglik_to_score
+from sdk.adversarial.referee import likelihood_score
 from sdk.train.common import StageContext, Verifier, full_weights, training_args_kwargs
 from sdk.train.kd import check_local_teacher
 
@@ -46,8 +53,9 @@ class TeacherReward:
 
     __name__ = "referee"  # the trainer logs rewards under the function's name
 
-    def __init__(self, teacher, verifier: Optional[Verifier] = None, penalty_warning: float = 1.0, penalty_error: float = 3.0):
+    def __init__(self, teacher, verifier: Optional[Verifier] = None, penalty_warning: float = 1.0, penalty_error: float = 3.0, min_tokens: int = 0):
         self.teacher = teacher  # a LocalChatModel
+        self.min_tokens = min_tokens
         self.verifier = verifier
         self.penalty_warning = penalty_warning
         self.penalty_error = penalty_error
@@ -56,10 +64,15 @@ class TeacherReward:
     def scores(self, prompts: list, texts: list[str]) -> list[float]:
         conversations = [p if isinstance(p, list) else [{"role": "user", "content": p}] for p in prompts]
         logliks = self.teacher.loglik(conversations, texts)
+        lengths = [len(self.teacher.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts] if self.min_tokens else [0] * len(texts)
         out = []
-        for ll in logliks:
-            score = loglik_to_score(ll)
-            out.append(SCORE_MIN if score is None or math.isnan(score) else score)
+        for ll, text, n in zip(logliks, texts, lengths):
+            score = likelihood_score(ll, text)
+            if score is None or math.isnan(score):
+                score = SCORE_MIN
+            elif self.min_tokens:
+                score = SCORE_MIN + (score - SCORE_MIN) * min(1.0, n / self.min_tokens)
+            out.append(score)
         return out
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
@@ -90,7 +103,7 @@ def load_reward(ctx: StageContext) -> TeacherReward:
         model, tok = load_local(recipe.models.teacher, recipe.models)
     teacher = LocalChatModel(model, tok, describe(recipe.models.teacher, recipe.models), recipe.models.teacher.generation)
     rl = ctx.settings.rlaif
-    return TeacherReward(teacher, ctx.verifier, rl.penalty_warning, rl.penalty_error)
+    return TeacherReward(teacher, ctx.verifier, rl.penalty_warning, rl.penalty_error, rl.min_tokens)
 
 
 def rlaif_stage(model, tokenizer, ctx: StageContext):
