@@ -103,6 +103,7 @@ def evaluate(teacher, pack, eval_rows, teacher_answers, answers: list[str], teac
         "keypoints": summary["key_point_recall"],
         "relative": round(100.0 * sum(scores) / teacher_total, 2),
         "empty": summary["empty_answers"],
+        "answers": answers[:3],  # a look at what the recipe produces (a collapsed student shows here)
     }
 
 
@@ -166,7 +167,8 @@ def main() -> None:
             row = evaluate(teacher, pack, eval_rows, teacher_answers, student_answers(work / "student", base, system, instructions, max_new), teacher_total)
             row.update(seed=seed, steps=steps, time_per_step=sum(m["runtime_s"] for m in stages) / steps, wall_s=round(wall, 1))
             results.setdefault(name, []).append(row)
-            print(f"{name} seed {seed}: {json.dumps(row)}", flush=True)
+            shown = {k: v for k, v in row.items() if k != "answers"}
+            print(f"{name} seed {seed}: {json.dumps(shown)}; first answer {row['answers'][0][:100]!r}", flush=True)
             shutil.rmtree(work, ignore_errors=True)
 
     if args.json:

@@ -19,7 +19,7 @@ packs_app = typer.Typer(no_args_is_help=True, help="List, show, validate and sca
 app.add_typer(packs_app, name="packs")
 cache_app = typer.Typer(no_args_is_help=True, help="The persistent response cache shared by all runs on this machine.")
 app.add_typer(cache_app, name="cache")
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 120)  # a log file gets the tables unwrapped
 
 
 STRICT_HELP = "exit with status 3 when a check fails (the forgetting gate)"

@@ -75,6 +75,7 @@ def test_likelihood_score_discounts_a_looping_answer():
     # a loop at near-certain likelihood still scores below honest prose the teacher finds less likely
     assert likelihood_score(-0.2, loop) < likelihood_score(-3.0, prose)
     assert likelihood_score(None, prose) is None
+    assert likelihood_score(-0.1, "\n\n  ...  \n") == 1.0  # no words: no answer, however likely
 
 
 # ---------------------------------------------------------------------------------------------

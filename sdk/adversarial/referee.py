@@ -27,6 +27,7 @@ Two referees share that scale, so their verdicts, gaps and the threshold tau mea
 
   The teacher's answers in the shipped packs have rho >= 0.9; the pruned demo student's early answers
   average about 0.6. Answers of fewer than four words, and scripts written without spaces, have rho = 1.
+  An answer with no word at all (whitespace, punctuation) scores the minimum, like an empty one.
 
 The pack's verifiers run on both answers; their findings go into the LLM prompt as evidence and into
 every row. The rubric (criteria and weights) is written into every row as well.
@@ -69,6 +70,8 @@ def likelihood_score(loglik: float | None, answer: str) -> float | None:
     score = loglik_to_score(loglik)
     if score is None:
         return None
+    if not re.search(r"\w", answer):
+        return SCALE_MIN  # whitespace or punctuation only: no answer, however likely the teacher finds it
     return SCALE_MIN + (score - SCALE_MIN) * distinct_trigram_ratio(answer)
 
 

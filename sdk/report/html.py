@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from sdk.report.summary import ITERATION_COLUMNS, eval_rows, iteration_rows
+from sdk.report.summary import ITERATION_COLUMNS, eval_rows, iteration_rows, rejections_line
 from sdk.store import atomic_write_text, read_jsonl
 
 N_SAMPLES = 5
@@ -248,6 +248,7 @@ def section_loop(metrics: dict) -> str:
     if not metrics.get("iterations"):
         return "<p class='muted'>No loop iterations ran.</p>"
     body = table(list(ITERATION_COLUMNS), [list(row) for row in iteration_rows(metrics)])
+    body += f"<p class='muted'>{esc(rejections_line(metrics))}</p>"
     src = plot_loop(metrics)
     return body + (figure("Relative score and hard ratio per iteration", src) if src else "")
 

@@ -38,6 +38,11 @@ def summary_table(metrics: dict) -> Table:
     for label, before, after, delta, improved in eval_rows(metrics):
         colour = {True: "green", False: "red", None: "default"}[improved]
         table.add_row(label, before, after, f"[{colour}]{delta}[/]" if delta else "")
+    relative = metrics.get("relative_score") or {}
+    if relative.get("before") is not None and relative.get("per_iteration"):
+        b, a = relative["before"], relative["per_iteration"][-1]
+        colour = "green" if a > b else "red" if a < b else "default"
+        table.add_row(f"relative score % ({relative.get('referee')} referee)", f"{b:.1f}", f"{a:.1f}", f"[{colour}]{a - b:+.1f}[/]")
     train = metrics.get("train", {})
     data = metrics["data"]
     table.caption = (
@@ -58,12 +63,11 @@ def iteration_rows(metrics: dict) -> list[tuple[str, ...]]:
     rows = [("before", "", "", "", "", "", "", _fmt(metrics["eval"]["before"].get("rougeL_vs_teacher")), _fmt(metrics.get("relative_score", {}).get("before")))]
     for it in metrics.get("iterations", []):
         d, g, e = it["discrimination"], it["generation"], it["eval"]
-        rejected = ", ".join(f"{k} {v}" for k, v in g["rejected_by_reason"].items()) or "none"
         rows.append((
             str(it["iteration"]), str(it["train_pool"]), str(d["refereed"]),
             f"{d['hard']}/{d['easy']}" + (f" ({d['unparsed']} unread)" if d["unparsed"] else ""),
             _fmt(d["hard_ratio"]), f"{_fmt(d['gap_mean'])} / {_fmt(d['gap_median'])}",
-            f"{g['kept']}/{g['target']} in {g['attempts']} ({g['kept_hard']}h {g['kept_easy']}e; rejected {rejected})",
+            f"{g['kept']}/{g['target']} in {g['attempts']} ({g['kept_hard']}h {g['kept_easy']}e)",
             _fmt(e.get("rougeL_vs_teacher")), _fmt(e.get("relative_score")),
         ))  # fmt: skip
     return rows
@@ -79,4 +83,14 @@ def iteration_table(metrics: dict) -> Table:
         table.add_column(col, justify="left" if col in ("iteration", "generated kept/target in attempts") else "right")
     for row in iteration_rows(metrics):
         table.add_row(*row)
+    table.caption = rejections_line(metrics)
     return table
+
+
+def rejections_line(metrics: dict) -> str | None:
+    """Why generated instructions were turned away, per iteration (kept out of the table to keep it narrow)."""
+    per = [
+        f"{it['iteration']}: " + (", ".join(f"{k} {v}" for k, v in it["generation"]["rejected_by_reason"].items()) or "none")
+        for it in metrics.get("iterations", [])
+    ]
+    return "generated instructions rejected, by reason, per iteration: " + "; ".join(per) if per else None

@@ -7,7 +7,8 @@ Reward of a completion a to instruction x (1-10 scale, like the referee's):
 where s is the likelihood referee's score (sdk.adversarial.referee.likelihood_score): l_T is the
 teacher's mean per-token log-likelihood of a and rho(a) its share of distinct word trigrams, which
 takes the reward away from a completion that loops; |a| is its length in tokens and the counts are the pack verifiers'
-findings on a (severity "info" costs nothing). An empty completion has no likelihood and gets the minimum, 1.
+findings on a (severity "info" costs nothing). An empty completion has no likelihood and gets the minimum, 1,
+and so does one of whitespace or punctuation only.
 
 The length floor is there because a per-token mean is easy to game: a two-token answer made of the
 teacher's likeliest opening words scores higher than any real answer, and GRPO finds that within a few
@@ -64,7 +65,7 @@ class TeacherReward:
     def scores(self, prompts: list, texts: list[str]) -> list[float]:
         conversations = [p if isinstance(p, list) else [{"role": "user", "content": p}] for p in prompts]
         logliks = self.teacher.loglik(conversations, texts)
-        lengths = [len(self.teacher.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts] if self.min_tokens else [0] * len(texts)
+        lengths = [len(self.teacher.tokenizer(t.strip(), add_special_tokens=False)["input_ids"]) for t in texts] if self.min_tokens else [0] * len(texts)
         out = []
         for ll, text, n in zip(logliks, texts, lengths):
             score = likelihood_score(ll, text)
