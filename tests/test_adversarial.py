@@ -67,7 +67,7 @@ def test_likelihood_score_discounts_a_looping_answer():
     prose = "Hypertension is a persistently raised blood pressure, usually defined as 140/90 mmHg or more on repeated readings."
     loop = "The patient can be treated by any " + "any " * 30
     assert distinct_trigram_ratio(prose) == 1.0
-    assert distinct_trigram_ratio(loop) == pytest.approx(7 / 35)  # 37 words: 35 trigrams, 6 distinct before the loop + 1
+    assert distinct_trigram_ratio(loop) == pytest.approx(7 / 35)  # 37 words, 35 trigrams: 6 lead into the loop, then 'any any any' repeats
     assert distinct_trigram_ratio("Yes, twice daily.") == 1.0  # too short to judge
     # the same per-token likelihood: prose keeps its score, the loop falls towards the minimum
     assert likelihood_score(-1.5, prose) == 8.5

@@ -342,8 +342,6 @@ class Page(HTMLParser):
 
 
 def _text_without_images(page: str) -> str:
-    import re
-
     return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "IMG", page)
 
 

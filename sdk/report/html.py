@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from sdk.report.summary import ITERATION_COLUMNS, eval_rows, iteration_rows, rejections_line
+from sdk.report.summary import ITERATION_COLUMNS, eval_rows, fmt, iteration_rows, rejections_line
 from sdk.store import atomic_write_text, read_jsonl
 
 N_SAMPLES = 5
@@ -38,12 +38,6 @@ pre.scroll{max-height:28em;overflow:auto} img{max-width:100%}
 
 def esc(value) -> str:
     return html.escape("" if value is None else str(value))
-
-
-def fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
@@ -280,7 +274,7 @@ def section_training(metrics: dict) -> str:
         train = it.get("train", {})
         for stage, m in (train.get("stages") or {}).items():
             rows.append([str(it["iteration"]), stage, str(m.get("examples", "")), str(m.get("steps", "")), fmt(m.get("runtime_s"), 1),
-                         fmt((m.get("loss_history") or [{}])[0].get("loss")), fmt((m.get("loss_history") or [{}])[-1].get("loss"))])  # fmt: skip
+                         fmt(m.get("first_logged_loss")), fmt(m.get("last_logged_loss"))])  # fmt: skip
     src = plot_losses(metrics)
     out = table(["iteration", "stage", "examples", "steps", "seconds", "first loss", "last loss"], rows) if rows else "<p class='muted'>No training stage ran.</p>"
     return out + (figure("Training loss curves", src) if src else "")

@@ -15,8 +15,10 @@ EVAL_ROWS = [
 ]
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def eval_rows(metrics: dict) -> list[tuple[str, str, str, str, bool | None]]:
@@ -27,7 +29,7 @@ def eval_rows(metrics: dict) -> list[tuple[str, str, str, str, bool | None]]:
         b, a = before.get(key), after.get(key)
         delta = "" if b is None or a is None else f"{a - b:+.3f}"
         improved = None if not delta or higher is None or a == b else (a > b) == higher
-        rows.append((label, _fmt(b), _fmt(a), delta, improved))
+        rows.append((label, fmt(b), fmt(a), delta, improved))
     return rows
 
 
@@ -48,7 +50,7 @@ def summary_table(metrics: dict) -> Table:
     table.caption = (
         f"teacher {metrics['models']['teacher']} · student {metrics['models']['student']} · "
         f"{data['teacher_ok']}/{data['teacher_ok'] + data['teacher_failed']} teacher answers used · "
-        f"{train.get('steps', 0)} steps, loss {_fmt(train.get('first_logged_loss'))} → {_fmt(train.get('last_logged_loss'))}"
+        f"{train.get('steps', 0)} steps, loss {fmt(train.get('first_logged_loss'))} → {fmt(train.get('last_logged_loss'))}"
     )
     forgetting = metrics.get("forgetting")
     if forgetting:
@@ -60,15 +62,15 @@ def summary_table(metrics: dict) -> Table:
 
 def iteration_rows(metrics: dict) -> list[tuple[str, ...]]:
     """One row per loop iteration: pools, the split, generation and the held-out scores after it."""
-    rows = [("before", "", "", "", "", "", "", _fmt(metrics["eval"]["before"].get("rougeL_vs_teacher")), _fmt(metrics.get("relative_score", {}).get("before")))]
+    rows = [("before", "", "", "", "", "", "", fmt(metrics["eval"]["before"].get("rougeL_vs_teacher")), fmt(metrics.get("relative_score", {}).get("before")))]
     for it in metrics.get("iterations", []):
         d, g, e = it["discrimination"], it["generation"], it["eval"]
         rows.append((
             str(it["iteration"]), str(it["train_pool"]), str(d["refereed"]),
             f"{d['hard']}/{d['easy']}" + (f" ({d['unparsed']} unread)" if d["unparsed"] else ""),
-            _fmt(d["hard_ratio"]), f"{_fmt(d['gap_mean'])} / {_fmt(d['gap_median'])}",
+            fmt(d["hard_ratio"]), f"{fmt(d['gap_mean'])} / {fmt(d['gap_median'])}",
             f"{g['kept']}/{g['target']} in {g['attempts']} ({g['kept_hard']}h {g['kept_easy']}e)",
-            _fmt(e.get("rougeL_vs_teacher")), _fmt(e.get("relative_score")),
+            fmt(e.get("rougeL_vs_teacher")), fmt(e.get("relative_score")),
         ))  # fmt: skip
     return rows
 

@@ -23,11 +23,10 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from sdk.adversarial.referee import likelihood_score
+from sdk.adversarial.referee import SCALE_MIN, likelihood_score
 from sdk.train.common import StageContext, Verifier, full_weights, training_args_kwargs
 from sdk.train.kd import check_local_teacher
 
-SCORE_MIN = 1.0
 
 
 def verifier_penalty(findings: list[dict], penalty_warning: float, penalty_error: float) -> float:
@@ -65,14 +64,14 @@ class TeacherReward:
     def scores(self, prompts: list, texts: list[str]) -> list[float]:
         conversations = [p if isinstance(p, list) else [{"role": "user", "content": p}] for p in prompts]
         logliks = self.teacher.loglik(conversations, texts)
-        lengths = [len(self.teacher.tokenizer(t.strip(), add_special_tokens=False)["input_ids"]) for t in texts] if self.min_tokens else [0] * len(texts)
+        lengths = [len(ids) for ids in self.teacher.tokenizer([t.strip() for t in texts], add_special_tokens=False)["input_ids"]] if self.min_tokens else [0] * len(texts)
         out = []
         for ll, text, n in zip(logliks, texts, lengths):
-            score = likelihood_score(ll, text)
-            if score is None or math.isnan(score):
-                score = SCORE_MIN
+            score = likelihood_score(ll, text)  # None: an empty completion, which has no likelihood
+            if score is None:
+                score = SCALE_MIN
             elif self.min_tokens:
-                score = SCORE_MIN + (score - SCORE_MIN) * min(1.0, n / self.min_tokens)
+                score = SCALE_MIN + (score - SCALE_MIN) * min(1.0, n / self.min_tokens)
             out.append(score)
         return out
 
