@@ -66,8 +66,15 @@ class ModelSpec(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("float32", description="weights dtype for local models")
     # pruned
     base: Literal["teacher", "referee", "generator"] = Field("teacher", description="pruned: the role whose model is pruned")
-    keep_every: int = Field(3, ge=1, le=64, description="pruned: keep every k-th layer (0, k, 2k, ...)")
-    keep_layers: Optional[list[int]] = Field(None, description="pruned: explicit layer indices to keep (overrides keep_every)")
+    prune_method: Literal["angular", "block_influence", "every_k"] = Field(
+        "angular", description="pruned: angular = drop the contiguous block of layers whose input and output are closest (Gromov et al.); block_influence = drop the layers that change the hidden state least (ShortGPT); every_k = keep 0, k, 2k, ... The first and last layers are always kept"
+    )
+    num_layers: Optional[int] = Field(None, ge=2, le=1024, description="pruned: layers the student keeps (first and last included)")
+    keep_ratio: Optional[float] = Field(None, gt=0.0, le=1.0, description="pruned: share of the base's layers kept when num_layers is not set (null and no num_layers = 2/3)")
+    keep_every: Optional[int] = Field(None, ge=1, le=64, description="pruned, every_k: keep every k-th layer (0, k, 2k, ...) and the last")
+    keep_layers: Optional[list[int]] = Field(None, description="pruned: explicit layer indices to keep (overrides the method; may drop the first or last layer)")
+    calibration_chunks: int = Field(32, ge=1, le=100_000, description="pruned: corpus chunks the layers are scored on (never the held-out set)")
+    calibration_tokens: int = Field(256, ge=8, le=32768, description="pruned: tokens per calibration chunk")
     # openai-compatible endpoint
     base_url: Optional[str] = Field(None, description="openai: e.g. http://localhost:8000/v1")
     model: Optional[str] = Field(None, description="openai: the served model name")
@@ -94,6 +101,12 @@ class ModelSpec(_Strict):
             raise ValueError("provider 'openai' needs base_url and model")
         if self.keep_layers is not None and (not self.keep_layers or min(self.keep_layers) < 0):
             raise ValueError("keep_layers must be a non-empty list of layer indices >= 0")
+        if self.keep_every is not None and self.prune_method != "every_k":
+            raise ValueError(f"keep_every applies to prune_method every_k, but prune_method is {self.prune_method}")
+        if self.prune_method == "every_k" and self.keep_every is None and self.keep_layers is None:
+            raise ValueError("prune_method every_k needs keep_every")
+        if self.num_layers is not None and self.keep_ratio is not None:
+            raise ValueError("give num_layers or keep_ratio, not both")
         if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
             raise ValueError("api_key_env must be the NAME of an environment variable (letters, digits, _), not the key itself")
         return self
@@ -108,7 +121,7 @@ class ModelSpec(_Strict):
 
 
 def _default_student() -> ModelSpec:
-    return ModelSpec(provider="pruned", base="teacher", keep_every=3)
+    return ModelSpec(provider="pruned", base="teacher", prune_method="angular", num_layers=20)
 
 
 def _default_generator() -> ModelSpec:
@@ -176,6 +189,7 @@ class KDSettings(_Strict):
     lmbda: float = Field(0.5, ge=0.0, le=1.0, description="on-policy fraction: share of steps trained on the student's own samples")
     temperature: float = Field(1.0, gt=0.0, le=10.0, description="softmax temperature of the divergence and of on-policy sampling")
     max_new_tokens: int = Field(64, ge=1, le=8192, description="tokens the student samples on an on-policy step")
+    learning_rate: Optional[float] = Field(None, gt=0, le=1.0, description="this objective's learning rate (null = train.learning_rate: KD is as stable as SFT)")
 
 
 class DPOSettings(_Strict):
@@ -187,6 +201,8 @@ class DPOSettings(_Strict):
     beta: float = Field(0.1, gt=0.0, le=10.0, description="strength of the implicit KL to the reference (initial) student")
     samples: int = Field(4, ge=2, le=64, description="referee_ranked: student answers sampled per instruction")
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="sigmoid = the DPO paper's loss")
+    rpo_alpha: float = Field(1.0, ge=0.0, le=100.0, description="weight of the chosen answer's NLL added to the preference loss (RPO, arXiv 2404.19733; TRL's 'sft' loss term); it keeps DPO from unlearning fluent text; 0 = plain DPO")
+    learning_rate: float = Field(5e-6, gt=0, le=1.0, description="DPO's own learning rate: preference objectives take ~100x smaller steps than SFT (TRL's DPO examples use 5e-7 to 5e-6)")
 
 
 class RLAIFSettings(_Strict):
@@ -195,7 +211,8 @@ class RLAIFSettings(_Strict):
     num_generations: int = Field(4, ge=2, le=256, description="completions sampled per prompt (the GRPO group)")
     max_new_tokens: int = Field(48, ge=1, le=8192, description="completion length")
     temperature: float = Field(1.0, gt=0.0, le=2.0, description="sampling temperature of the completions")
-    beta: float = Field(0.04, ge=0.0, le=10.0, description="KL penalty to the reference (pre-GRPO) student; 0 = none, and no reference model is kept")
+    beta: float = Field(0.04, ge=0.0, le=10.0, description="KL penalty to the reference (pre-GRPO) student, the anchor that keeps it from drifting into reward hacks; 0 = none, and no reference model is kept")
+    learning_rate: float = Field(1e-6, gt=0, le=1.0, description="GRPO's own learning rate (TRL's GRPOConfig default)")
     min_tokens: int = Field(16, ge=0, le=8192, description="length floor: a completion shorter than this has its score shrunk linearly towards the minimum (0 = off)")
     penalty_warning: float = Field(1.0, ge=0.0, le=10.0, description="reward points taken off per verifier finding of severity warning")
     penalty_error: float = Field(3.0, ge=0.0, le=10.0, description="reward points taken off per verifier finding of severity error")
@@ -222,7 +239,7 @@ class TrainSettings(_Strict):
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     save_steps: int = Field(20, ge=1, description="checkpoint interval, so a killed run resumes mid-training")
     logging_steps: int = Field(5, ge=1)
-    bf16: Literal["auto", "on", "off"] = Field("auto", description="auto = on when CUDA supports it")
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast; auto = on where a CUDA GPU supports it, or on a CPU with native bf16 (AVX512-BF16 or AMX)")
     deepspeed: Optional[str] = Field(None, description="path to a DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); a bare name is looked up in the shipped configs/deepspeed/")
     gradient_checkpointing: bool = False
     replay_fraction: float = Field(0.0, ge=0.0, le=0.5, description="share of each stage's data that is general-domain replay (guards against forgetting)")
@@ -254,6 +271,11 @@ class AdversarialSettings(_Strict):
     new_per_iteration: int = Field(16, ge=0, le=1_000_000, description="N_new: generated instructions kept per iteration")
     max_attempts: int = Field(64, ge=0, le=10_000_000, description="generator calls allowed per iteration to reach N_new")
     hard_share: float = Field(0.5, ge=0.0, le=1.0, description="share of generated instructions made from hard examples (Lion: 0.5)")
+    feedback: Literal["referee", "none"] = Field(
+        "referee",
+        description="referee = generation draws parents from the referee's hard and easy instructions (Lion); "
+        "none = the ablation baseline: parents drawn uniformly from the whole cache pool, the split ignored",
+    )
     max_refereed: Optional[int] = Field(None, ge=1, description="cap on cache-pool instructions refereed per iteration (sampled; null = all)")
     severe_findings_hard: bool = Field(True, description="a verifier finding of severity 'error' on the student's answer makes the instruction hard")
     carry_fraction: float = Field(
@@ -289,9 +311,26 @@ class ForgettingSettings(_Strict):
     )
 
 
+class HealSettings(_Strict):
+    """Healing the pruned student before the loop: white-box KD from the teacher on the domain's corpus
+    chunks (not the held-out ones) mixed with general text (sdk/train/heal.py, docs/pruning.md)."""
+
+    steps: int = Field(40, ge=0, le=1_000_000, description="optimizer steps (0 = no healing)")
+    learning_rate: float = Field(2e-4, gt=0, le=1.0)
+    batch_size: int = Field(4, ge=1, le=4096)
+    max_length: int = Field(256, ge=16, le=131072, description="tokens per training sequence")
+    general_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of sequences that are general text: the shipped replay instructions answered by the teacher (never the forgetting suite)")
+    beta: float = Field(0.0, ge=0.0, le=1.0, description="divergence: 0 = forward KL over the full vocabulary, 1 = reverse KL, between = generalized JSD")
+    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast; auto = on where a CUDA GPU supports it, or on a CPU with native bf16 (AVX512-BF16 or AMX)")
+    cache: bool = Field(True, description="reuse a healed student from the user cache when teacher, pruning, corpus, these settings and the seed match")
+
+
 class EvalSettings(_Strict):
     max_new_tokens: int = Field(96, ge=1, le=8192, description="answer length for eval generations")
     batch_size: int = Field(8, ge=1, le=1024)
+    heldout_chunks: int = Field(16, ge=0, le=100_000, description="held-out corpus chunks for domain perplexity (never used for healing or calibration; 0 = off)")
 
 
 class Recipe(_Strict):
@@ -303,6 +342,7 @@ class Recipe(_Strict):
     data: DataSettings = Field(default_factory=DataSettings)
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     curation: CurationSettings = Field(default_factory=CurationSettings)
+    heal: HealSettings = Field(default_factory=HealSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     adversarial: AdversarialSettings = Field(default_factory=AdversarialSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)

@@ -33,6 +33,8 @@ from sdk.curation.seeds import provenance, seed_pool
 from sdk.evaluate.domain import answer_conversations, clean_answer, score_answers
 from sdk.models import describe, load_chat_model, load_local
 from sdk.models.local import LocalChatModel
+from sdk.models.student import load_student_model, student_kind
+from sdk.stages import student as student_stage
 from sdk.packs import Pack, resolve_pack
 from sdk.progress import log
 from sdk.store import RunStore
@@ -126,24 +128,36 @@ class Pipeline:
     def white_box_teacher(self) -> bool:
         return self.recipe.models.teacher.provider != "openai"
 
+    def initial_student(self) -> Path | None:
+        """The student the loop starts from: the pruned and healed folder the `student` stage built
+        (rebuilt if the cache was cleared), or None for a student that loads from its own spec."""
+        if not self.store.path(student_stage.RECORD).is_file():
+            raise DistilleryError("the initial student is not built yet (the `student` stage has not run)")
+        path = self.store.read_json(student_stage.RECORD).get("path")
+        if path is not None and student_kind(path) is None:
+            log(f"[yellow]the initial student {path} is gone from the cache; building it again[/yellow]")
+            self.stage_student()
+            path = self.store.read_json(student_stage.RECORD)["path"]
+        return Path(path) if path else None
+
     def student_dir(self, k: int) -> Path | None:
-        """The student after iteration k (None = the initial student). An iteration with nothing to train keeps the one before."""
-        for j in range(k, -1, -1):
-            for path in (self.store.path(it_name(j), "student"), self.store.path("student") if j == self.recipe.adversarial.iterations - 1 else None):
-                if path is not None and (path / "config.json").is_file():
-                    return path
-        return None
+        """The student after iteration k (k = -1: the initial student). An iteration whose train stage
+        recorded that it had nothing to train keeps the one before; anything else without a student is an error."""
+        if k < 0:
+            return self.initial_student()
+        it = it_name(k)
+        folder = self.store.path(it, "student")
+        if student_kind(folder) is not None:
+            return folder
+        if self.store.path(it, "train_metrics.json").is_file() and self.store.read_json(f"{it}/train_metrics.json").get("skipped"):
+            return self.student_dir(k - 1)
+        raise DistilleryError(f"{folder} holds no student (neither full weights nor a LoRA adapter); run `distill resume {self.store.root}` to train it again")
 
     def load_student(self, path: Path | None, tag: str) -> LocalChatModel:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         settings = self.recipe.models.student.generation.model_copy(
             update={"max_new_tokens": self.recipe.eval.max_new_tokens, "batch_size": self.recipe.eval.batch_size}
         )
-        if path is not None:
-            model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-        else:
-            model, tok = load_local(self.recipe.models.student, self.recipe.models)
+        model, tok = load_student_model(path) if path is not None else load_local(self.recipe.models.student, self.recipe.models)
         return LocalChatModel(model, tok, f"student ({tag})", settings)
 
     # referees ---------------------------------------------------------------------------------
@@ -194,10 +208,11 @@ class Pipeline:
         self.store.set_status("running")
         try:
             self._stage("ingest", self.stage_ingest)
+            self._stage("eval_teacher", self.stage_eval_teacher)
+            self._stage("student", self.stage_student)
             if self.forgetting_tasks():
                 self._stage("forgetting_before", self.stage_forgetting_before)
             self._stage("synthesize", self.stage_synthesize)
-            self._stage("eval_teacher", self.stage_eval_teacher)
             self._stage("eval_before", self.stage_eval_before)
             for k in range(self.recipe.adversarial.iterations):
                 it = it_name(k)
@@ -235,6 +250,32 @@ class Pipeline:
         settings = IndexSettings(chunk_size=r.chunk_size, chunk_overlap=r.chunk_overlap, embedder=k.embedder, index_type=k.index_type, flat_max_vectors=k.flat_max_vectors)
         summary = ingest(self.pack.corpus_dir(), self.index_dir(), settings)
         return [self.store.write_json("knowledge.json", summary.as_dict())]
+
+    def corpus_split(self) -> tuple[list[dict], list[dict]]:
+        """(chunks for calibration and healing, held-out chunks for domain perplexity)."""
+        from sdk.knowledge.heldout import split_chunks
+        from sdk.store import read_jsonl
+
+        path = self.index_dir() / "chunks.jsonl"
+        return split_chunks(read_jsonl(path)) if path.is_file() else ([], [])
+
+    def heldout_texts(self) -> list[str]:
+        return [c["text"] for c in self.corpus_split()[1]][: self.recipe.eval.heldout_chunks]
+
+    def stage_student(self):
+        """Prune and heal the student the loop starts from (sdk/stages/student.py)."""
+        train_chunks, _ = self.corpus_split()
+        white_box = self.white_box_teacher()
+        teacher_rows = [r for r in self.store.read_jsonl("eval/teacher.jsonl") if r["status"] == "ok" and r.get("answer")]
+        convs = answer_conversations(self.pack.spec.system_prompt, [r["instruction"] for r in teacher_rows])
+        inputs = student_stage.StudentInputs(
+            train_chunks=[c["text"] for c in train_chunks],
+            heldout_chunks=self.heldout_texts(),
+            eval_prompts=[self.teacher.render(c) for c in convs] if white_box else [],
+            eval_answers=[r["answer"] for r in teacher_rows] if white_box else [],
+        )
+        record = student_stage.run(self.recipe.models, self.recipe.heal, self.recipe.seed, inputs, self.teacher if white_box else None, self.teacher_name(), private_dir=self.store.path("student_init"))
+        return [self.store.write_json(student_stage.RECORD, record)]
 
     def embedder(self):
         from sdk.knowledge.embeddings import load_embedder
@@ -289,7 +330,7 @@ class Pipeline:
         from sdk.evaluate.forgetting import load_tasks
 
         load_tasks(self.forgetting_tasks())  # an unknown task or missing data fails here, in seconds
-        return [self.store.write_json("eval/forgetting_before.json", self.general_scores(None, "before"))]
+        return [self.store.write_json("eval/forgetting_before.json", self.general_scores(self.student_dir(-1), "before"))]
 
     def stage_forgetting_after(self):
         from sdk.evaluate.forgetting import forgetting_record
@@ -316,7 +357,39 @@ class Pipeline:
         labeled = label_rows(rows, self.teacher, self.teacher_name(), self.pack.spec.system_prompt, journal, description="teacher answers eval set", budget=self.budget("teacher"))
         path = self.store.write_jsonl("eval/teacher.jsonl", labeled)
         journal.remove()
-        return [path]
+        from sdk.evaluate.degeneration import degeneration_summary
+
+        summary = degeneration_summary([r.get("answer") or "" for r in labeled if r["status"] == "ok"])
+        if self.white_box_teacher():
+            from sdk.evaluate.fidelity import perplexity
+
+            summary["domain_ppl"] = perplexity(self.teacher.model, self.teacher.tokenizer, self.heldout_texts())["ppl"] if self.heldout_texts() else None
+        return [path, self.store.write_json("eval/teacher.json", {"summary": summary})]
+
+    def fidelity_start(self) -> float | None:
+        """KL to the teacher the student started from: before healing when it was healed, else before the loop."""
+        record = self.store.read_json(student_stage.RECORD) if self.store.path(student_stage.RECORD).is_file() else {}
+        if record.get("before_heal"):
+            return record["before_heal"].get("kl_per_token")
+        return self.store.read_json("eval/before.json")["summary"].get("kl_per_token") if self.store.path("eval/before.json").is_file() else None
+
+    def fidelity_summary(self, student: LocalChatModel) -> dict:
+        """KL(T||S), top-1 agreement and perplexity on the teacher's held-out answers, domain perplexity on
+        held-out chunks; None where the teacher is an endpoint (no logits)."""
+        from sdk.evaluate.fidelity import fidelity, gap_closed, perplexity
+
+        empty = {"kl_per_token": None, "top1_agreement": None, "student_ppl": None, "kl_gap_closed": None, "domain_ppl": None}
+        if not self.white_box_teacher():
+            return dict(empty, fidelity="unavailable: the teacher is an endpoint (no logits)")
+        teacher_rows = [r for r in self.store.read_jsonl("eval/teacher.jsonl") if r["status"] == "ok" and r.get("answer")]
+        if student.tokenizer.get_vocab() != self.teacher.tokenizer.get_vocab():
+            return dict(empty, fidelity="unavailable: the teacher's tokenizer differs from the student's")
+        convs = answer_conversations(self.pack.spec.system_prompt, [r["instruction"] for r in teacher_rows])
+        result = fidelity(self.teacher.model, student.model, student.tokenizer, [self.teacher.render(c) for c in convs], [r["answer"] for r in teacher_rows])
+        summary = {k: result["summary"][k] for k in ("kl_per_token", "top1_agreement", "student_ppl")}
+        summary["kl_gap_closed"] = gap_closed(self.fidelity_start(), summary["kl_per_token"])
+        summary["domain_ppl"] = perplexity(student.model, student.tokenizer, self.heldout_texts())["ppl"] if self.heldout_texts() else None
+        return summary
 
     def evaluate_student(self, student_path: Path | None, tag: str, answers_rel: str, referee_rel: str, summary_rel: str) -> list[Path]:
         """The student answers the held-out set; domain metrics and the referee's relative score."""
@@ -328,10 +401,15 @@ class Pipeline:
             answer_conversations(self.pack.spec.system_prompt, [r["instruction"] for r in eval_rows]),
             description=f"student answers eval set ({tag})",
         )
+        from sdk.evaluate.degeneration import degeneration, degeneration_summary
+
         out = [
             {"id": row["id"], "instruction": row["instruction"], "answer": clean_answer(answer), "provenance": self._eval_provenance(f"eval_{tag}", student.name)}
             for row, answer in zip(eval_rows, answers)
         ]
+        for row in out:
+            row["degeneration"] = degeneration(row["answer"])
+        fidelity = self.fidelity_summary(student)
         del student
         if isinstance(self.teacher, LocalChatModel):
             convs = answer_conversations(self.pack.spec.system_prompt, [r["instruction"] for r in out])
@@ -348,7 +426,9 @@ class Pipeline:
         teacher_answers = {k: (r.get("answer") or "") for k, r in teacher.items()}
         ll = {r["id"]: r["teacher_loglik"] for r in out if "teacher_loglik" in r} or None
         domain = score_answers(eval_rows, {r["id"]: r["answer"] for r in out}, teacher_answers, ll)
-        summary = dict(domain["summary"], relative_score=relative_score(verdicts[primary]), referee=primary, **score_summary(verdicts[primary]))
+        summary = dict(fidelity, **degeneration_summary([r["answer"] for r in out]))
+        summary.update({k: v for k, v in domain["summary"].items() if k != "empty_answers"})
+        summary.update(relative_score=relative_score(verdicts[primary]), referee=primary, **score_summary(verdicts[primary]))
         for kind, rows in verdicts.items():
             summary[f"relative_score_{kind}"] = relative_score(rows)
         for kind in verdicts:
@@ -356,7 +436,7 @@ class Pipeline:
         return [self.store.write_jsonl(answers_rel, out), self.store.write_json(summary_rel, {"summary": summary, "items": domain["items"]})]
 
     def stage_eval_before(self):
-        return self.evaluate_student(None, "before", "eval/student_before.jsonl", "eval/referee_before.jsonl", "eval/before.json")
+        return self.evaluate_student(self.student_dir(-1), "before", "eval/student_before.jsonl", "eval/referee_before.jsonl", "eval/before.json")
 
     def stage_eval_iteration(self, k: int):
         it = it_name(k)
@@ -545,7 +625,7 @@ class Pipeline:
         return {**{k: source.get(k) for k in keep}, "gap": verdict["gap"], "teacher_score": verdict["teacher_score"], "student_score": verdict["student_score"], "hard_because": verdict["hard_because"]}
 
     def stage_generate(self, k: int):
-        from sdk.adversarial.generation import GenerationPlan, generate_instructions
+        from sdk.adversarial.generation import GenerationPlan, generate_instructions, parent_pools
 
         it, adv, cur = it_name(k), self.recipe.adversarial, self.recipe.curation
         plan = GenerationPlan(
@@ -553,9 +633,11 @@ class Pipeline:
             rouge_threshold=cur.rouge_threshold, cosine_threshold=cur.cosine_threshold,
             min_words=cur.min_words, max_words=cur.max_words, seed=self.recipe.seed, iteration=k,
             min_domain_similarity=adv.min_domain_similarity, domain_references=tuple(s.instruction for s in self.pack.seeds()),
+            feedback=adv.feedback,
         )  # fmt: skip
-        hard, easy = self.store.read_jsonl(f"{it}/hard.jsonl"), self.store.read_jsonl(f"{it}/easy.jsonl")
         cache_pool = self.store.read_jsonl(f"{it}/cache_pool.jsonl")
+        # the parents of the generate_hard and generate_easy prompts: the referee's split, or (feedback none) the whole cache pool
+        hard, easy = parent_pools(adv.feedback, self.store.read_jsonl(f"{it}/hard.jsonl"), self.store.read_jsonl(f"{it}/easy.jsonl"), cache_pool)
         journal = self.store.journal(f"{it}/generation.partial.jsonl")
         if plan.n_new and (hard or easy):
             generator_name = describe(self.recipe.models.generator, self.recipe.models)
@@ -591,14 +673,34 @@ class Pipeline:
             "generation": self.store.read_json(f"{it}/generation.json"),
         }
 
+    def student_init_metrics(self) -> dict:
+        """The pruning record and the healing before/after, as metrics.json carries them."""
+        record = self.store.read_json(student_stage.RECORD)
+        heal = record.get("heal") or {}
+        return {
+            "prune": record.get("prune"),
+            "heal": {k: heal.get(k) for k in ("steps", "train_loss", "runtime_s", "sequences", "corpus_chunks", "general_texts", "loss_history")} if heal else None,
+            "before_heal": record.get("before_heal"),
+            "after_heal": record.get("after_heal"),
+            "path": record.get("path"),
+        }
+
     def stage_finalize(self):
         from sdk.report import write_report
 
         last = self.recipe.adversarial.iterations - 1
         final = self.student_dir(last)
-        if final is not None and final != self.store.path("student"):
-            shutil.rmtree(self.store.path("student"), ignore_errors=True)
-            final.rename(self.store.path("student"))  # the last iteration's student is the run's student
+        if final is None:
+            raise DistilleryError("no student was trained or built in this run, so there is none to hand back")
+        tmp = self.store.path("student.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(final, tmp, symlinks=False)  # the last trained student is the run's student, in its own shape
+        if student_kind(final) == "adapter" and (tmp / "adapter_config.json").is_file():
+            from sdk.train.common import point_adapter_at
+
+            point_adapter_at(tmp / "adapter_config.json", self.store.path("student", "base"))
+        shutil.rmtree(self.store.path("student"), ignore_errors=True)
+        tmp.rename(self.store.path("student"))
         shutil.copyfile(self.store.path(it_name(last), "eval_student.jsonl"), self.store.path("eval/student_after.jsonl"))
 
         eval_rows = self._eval_rows()
@@ -639,7 +741,8 @@ class Pipeline:
                 "last_logged_loss": last_losses[-1] if last_losses else None,
                 "loss_history": history,
             },
-            "eval": {"before": before["summary"], "after": after["summary"], "teacher_vs_reference": domain["teacher_vs_reference"]},
+            "eval": {"before": before["summary"], "after": after["summary"], "teacher": self.store.read_json("eval/teacher.json")["summary"], "teacher_vs_reference": domain["teacher_vs_reference"]},
+            "student_init": self.student_init_metrics(),
             "relative_score": {
                 "referee": self.referee_kinds()[0],
                 "before": before["summary"]["relative_score"],

@@ -48,7 +48,7 @@ def test_smoke_run_writes_the_documented_layout(smoke_run):
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["status"] == "finished"
     loop = [f"{it}/{stage}" for it in ("iter_00", "iter_01") for stage in ("pool", "label", "train", "eval", "discriminate", "generate")]
-    assert list(manifest["stages"]) == ["ingest", "forgetting_before", "synthesize", "eval_teacher", "eval_before", *loop, "forgetting_after", "finalize"]
+    assert list(manifest["stages"]) == ["ingest", "eval_teacher", "student", "forgetting_before", "synthesize", "eval_before", *loop, "forgetting_after", "finalize"]
     assert elapsed < 600  # about 4 minutes on an idle 2-core CPU
 
 
@@ -177,7 +177,23 @@ def test_saved_student_loads_and_is_pruned(smoke_run):
 
     result, _ = smoke_run
     model = AutoModelForCausalLM.from_pretrained(result.student_path)
-    assert model.config.num_hidden_layers == 10
+    assert model.config.num_hidden_layers == 20
+    init = json.loads((Path(result.run_dir) / "student_init.json").read_text())
+    assert init["prune"]["kept"][0] == 0 and init["prune"]["kept"][-1] == 29 and len(init["prune"]["kept"]) == 20
+    assert len(init["prune"]["block_influence"]) == 30 and init["heal"]["steps"] > 0
+    assert init["before_heal"]["kl_per_token"] < 3.5  # a working model, not a broken one (the old every-3rd student: ~12)
+    assert result.metrics["student_init"]["prune"]["kept"] == init["prune"]["kept"]
+
+
+def test_fidelity_and_degeneration_lead_the_held_out_metrics(smoke_run):
+    result, _ = smoke_run
+    for when in ("before", "after"):
+        e = result.metrics["eval"][when]
+        assert 0 <= e["kl_per_token"] < 11 and 0 <= e["top1_agreement"] <= 1 and e["student_ppl"] > 1
+        assert e["domain_ppl"] > 1 and 0 <= e["distinct_trigram_ratio"] <= 1 and e["looping_answers"] >= 0
+    assert result.metrics["eval"]["teacher"]["domain_ppl"] > 1
+    rows = json.loads((Path(result.run_dir) / "iter_01" / "eval_student.jsonl").read_text().splitlines()[0])
+    assert set(rows["degeneration"]) >= {"distinct_trigram_ratio", "longest_repeat", "looping", "empty"}
 
 
 def test_run_refuses_to_overwrite_a_run(smoke_run):
@@ -412,3 +428,22 @@ def test_forgetting_gate_fires_and_strict_exits_non_zero(tmp_path):
     assert failed and all(metrics["forgetting"]["tasks"][t]["drop"] > 0 for t in failed)
     assert "failed forgetting check" in proc.stdout + proc.stderr
     assert "failed forgetting check" in (run_dir / "report.html").read_text()
+
+
+def test_lora_without_merging_evaluates_and_hands_back_the_trained_adapter(tmp_path):
+    """The adapter that was trained is the student that is evaluated, checked for forgetting and handed back."""
+    from peft import AutoPeftModelForCausalLM
+
+    from sdk.models.student import student_kind
+
+    result = sdk.distill(domain="tiny", preset="smoke", run_dir=tmp_path / "lora", pack_paths=[TINY_PACKS], adversarial__iterations=1,
+                         train__lora__enabled=True, train__lora__merge=False, train__learning_rate=2e-3, forgetting__limit=8)  # fmt: skip
+    root = Path(result.run_dir)
+    before = [json.loads(x)["answer"] for x in (root / "eval/student_before.jsonl").read_text().splitlines()]
+    after = [json.loads(x)["answer"] for x in (root / "eval/student_after.jsonl").read_text().splitlines()]
+    assert before != after  # the trained adapter answered, not the initial student
+    assert student_kind(root / "iter_00/student") == "adapter" and student_kind(result.student_path) == "adapter"
+    model = AutoPeftModelForCausalLM.from_pretrained(result.student_path)
+    assert model.peft_config["default"].r == 16
+    forgetting = json.loads((root / "eval/forgetting.json").read_text())
+    assert forgetting["gate"]["tasks"]  # the check ran on the adapter's student

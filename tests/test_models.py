@@ -11,7 +11,7 @@ import torch
 from sdk.config import GenerationSettings, ModelsSettings, ModelSpec
 from sdk.models import describe, embedded_model_dir, load_chat_model, load_local
 from sdk.models.local import LocalChatModel
-from sdk.models.pruned import layers_to_keep
+from sdk.models.prune import check_keep_layers, every_k_layers
 
 QUESTIONS = ["What is hypertension?", "Name two symptoms of dehydration in children, please.", "Define sepsis."]
 
@@ -68,25 +68,30 @@ def test_loglik_prefers_the_models_own_answer(teacher):
     assert all(o < 0 for o in own_ll)
 
 
-def test_layers_to_keep():
-    assert layers_to_keep(30) == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27]
-    assert layers_to_keep(30, keep_layers=[29, 0, 0]) == [0, 29]
+def test_every_k_keeps_the_last_layer_and_keep_layers_is_exact():
+    assert every_k_layers(30, 3) == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 29]
+    assert check_keep_layers([29, 0, 0], 30) == [0, 29]
     with pytest.raises(Exception, match="out of range"):
-        layers_to_keep(10, keep_layers=[12])
+        check_keep_layers([12], 10)
+
+
+def test_a_scored_pruning_needs_the_student_stage():
+    with pytest.raises(Exception, match="student` stage"):
+        load_local(ModelsSettings().student, ModelsSettings())
 
 
 def test_pruned_student_saves_reloads_and_generates(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ms = ModelsSettings()
+    ms = ModelsSettings(student=ModelSpec(provider="pruned", base="teacher", prune_method="every_k", keep_every=3))
     model, tok = load_local(ms.student, ms)
-    assert model.config.num_hidden_layers == 10
-    assert [layer.self_attn.layer_idx for layer in model.model.layers] == list(range(10))
-    assert sum(p.numel() for p in model.parameters()) < 70e6
+    assert model.config.num_hidden_layers == 11
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == list(range(11))
+    assert sum(p.numel() for p in model.parameters()) < 75e6
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
-    assert reloaded.config.num_hidden_layers == 10
+    assert reloaded.config.num_hidden_layers == 11
     for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()):
         assert torch.equal(a, b)
     chat = LocalChatModel(reloaded, AutoTokenizer.from_pretrained(tmp_path), "reloaded", GenerationSettings(max_new_tokens=8))

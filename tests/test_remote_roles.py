@@ -40,7 +40,7 @@ def _pruned_student(path: Path) -> Path:
     from sdk.config import ModelsSettings, ModelSpec
     from sdk.models import load_local
 
-    model, tokenizer = load_local(ModelSpec(provider="pruned", base="teacher", keep_every=3), ModelsSettings())
+    model, tokenizer = load_local(ModelSpec(provider="pruned", base="teacher", prune_method="every_k", keep_every=3), ModelsSettings())
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

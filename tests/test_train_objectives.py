@@ -104,7 +104,10 @@ def test_all_stages_train_and_write_artifacts(tiny, tmp_path):
     assert stages["kd"]["beta"] == 0.5
     assert stages["dpo"]["pairs"] == len(ROWS) and stages["dpo"]["pairs_dropped"] == 1
     assert [json.loads(l)["id"] for l in (it / "dpo_pairs_dropped.jsonl").read_text().splitlines()] == ["same"]
-    assert stages["dpo"]["first_logged_loss"] == pytest.approx(math.log(2), abs=1e-3)  # policy == reference at step 1
+    # RPO: at step 1 policy == reference, so the preference term is ln 2, plus rpo_alpha (1.0) times the
+    # chosen answer's NLL, about ln |V| = 10.8 for a random tiny model
+    assert stages["dpo"]["rpo_alpha"] == 1.0 and stages["dpo"]["learning_rate"] == 5e-6
+    assert math.log(2) + 8 < stages["dpo"]["first_logged_loss"] < math.log(2) + 13
     # rlaif: a random tiny teacher scores everything at the floor (1), and the warning costs one point
     assert stages["rlaif"]["rewards_mean"] == pytest.approx(0.0, abs=1e-6) and calls
     assert json.loads((it / "train_metrics.json").read_text())["stages"].keys() == stages.keys()
@@ -226,3 +229,14 @@ def test_dpo_without_usable_pairs_is_a_one_line_error(tiny, tmp_path):
     recipe = tiny_recipe(student, teacher, stages=["dpo"])
     with pytest.raises(DistilleryError, match="no usable DPO pairs.*1 of 1"):
         train_student(recipe, write_iteration(tmp_path / "iter_00", same), None, tmp_path / "student", SYSTEM)
+
+
+def test_plain_dpo_starts_at_ln2_and_rpo_adds_the_chosen_nll(tiny, tmp_path):
+    student, teacher = tiny
+    losses = {}
+    for alpha in (0.0, 1.0):
+        it = write_iteration(tmp_path / f"iter-{alpha}", good_pairs(), failed=0)
+        recipe = tiny_recipe(student, teacher, stages=["dpo"], dpo={"rpo_alpha": alpha})
+        losses[alpha] = train_student(recipe, it, None, tmp_path / f"student-{alpha}", SYSTEM)["stages"]["dpo"]["first_logged_loss"]
+    assert losses[0.0] == pytest.approx(math.log(2), abs=1e-3)  # policy == reference at step 1
+    assert losses[1.0] - losses[0.0] > 8  # + the NLL of the chosen answers under a random tiny model

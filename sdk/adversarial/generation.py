@@ -11,6 +11,10 @@ Attempts run in rounds until N_new are kept or the attempt budget is spent. Each
 what each side still lacks, so the kept instructions follow `hard_share` (Lion: 1:1). Every reply is
 journaled under its attempt number, and parents are drawn from a per-attempt seed, so a resumed run
 replays the same decisions and asks the generator only for attempts it never answered.
+
+`adversarial.feedback: none` is the ablation baseline for Lion's claim that the referee's feedback helps:
+`parent_pools` then gives both prompts parents drawn from the whole cache pool, and everything else
+(prompts, filters, N_new, attempt budget, seeding, journal) stays the same.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class GenerationPlan:
     iteration: int
     min_domain_similarity: Optional[float] = None  # cosine to the nearest domain reference (the seeds); None = off
     domain_references: tuple[str, ...] = ()
+    feedback: str = "referee"  # recorded in the stats; parent_pools builds the parents it stands for
 
 
 @dataclass
@@ -75,6 +80,19 @@ def side_targets(n_new: int, hard_share: float, have_hard: bool, have_easy: bool
     elif not have_easy:
         targets = {"hard": n_new, "easy": 0}
     return targets
+
+
+def parent_pools(feedback: str, hard: list[dict], easy: list[dict], cache_pool: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The parents of the `generate_hard` and of the `generate_easy` prompt.
+
+    "referee" (Lion): the referee's hard and easy instructions. "none" (the ablation baseline): both prompts
+    draw uniformly from the whole cache pool, hard, easy or never split (unrefereed, unanswered, unparsed).
+    """
+    if feedback == "none":
+        return list(cache_pool), list(cache_pool)
+    if feedback != "referee":
+        raise ValueError(f"feedback must be 'referee' or 'none', got {feedback!r}")
+    return list(hard), list(easy)
 
 
 def balanced_counts(kept_hard: int, kept_easy: int, hard_share: float) -> tuple[int, int]:
@@ -222,4 +240,5 @@ def generation_stats(out: GenerationOutcome, attempts: int, targets: dict, plan:
         "rejected": len(out.rejected),
         "rejected_by_reason": dict(sorted(reasons.items())),
         "reached_target": len(out.kept) >= plan.n_new,
+        "feedback": plan.feedback,
     }

@@ -18,7 +18,7 @@ from sdk.models.budget import Budget
 from sdk.models.cache import ResponseCache
 from sdk.models.local import LocalChatModel
 from sdk.models.openai_backend import OpenAIChatModel
-from sdk.models.pruned import prune_layers
+from sdk.models.prune import every_k_layers, prune_layers
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "auto": "auto"}
 
@@ -32,8 +32,14 @@ def describe(spec: ModelSpec, models: ModelsSettings | None = None) -> str:
     if spec.provider == "openai":
         return f"openai:{spec.model}"
     base = describe(getattr(models, spec.base), models) if models else spec.base
-    kept = spec.keep_layers if spec.keep_layers is not None else f"every {spec.keep_every}"
-    return f"pruned({base}, keep {kept})"
+    if spec.keep_layers is not None:
+        kept = f"layers {spec.keep_layers}"
+    elif spec.prune_method == "every_k":
+        kept = f"every {spec.keep_every} + last"
+    else:
+        size = f"{spec.num_layers} layers" if spec.num_layers else f"{spec.keep_ratio or 2 / 3:.0%} of layers"
+        kept = f"{size} by {spec.prune_method}"
+    return f"pruned({base}, {kept})"
 
 
 def load_local(spec: ModelSpec, models: ModelsSettings | None = None):
@@ -49,8 +55,14 @@ def load_local(spec: ModelSpec, models: ModelsSettings | None = None):
         base_spec = getattr(models, spec.base)
         if base_spec.provider not in ("embedded", "hf"):
             raise ModelError(f"models.student prunes models.{spec.base}, which must be a local model (embedded or hf)")
+        if spec.keep_layers is None and spec.prune_method != "every_k":
+            raise ModelError(
+                f"a student pruned by {spec.prune_method} is built by the run's `student` stage, which scores the layers on the "
+                "pack's corpus; load that folder (student_init.json names it), or give keep_layers"
+            )
         model, tokenizer = load_local(base_spec.model_copy(update={"dtype": spec.dtype}), models)
-        return prune_layers(model, spec.keep_every, spec.keep_layers), tokenizer
+        keep = spec.keep_layers if spec.keep_layers is not None else every_k_layers(model.config.num_hidden_layers, spec.keep_every)
+        return prune_layers(model, keep), tokenizer
 
     dtype = getattr(torch, spec.dtype) if spec.dtype != "auto" else "auto"
     kwargs = {}

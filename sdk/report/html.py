@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from sdk.evaluate.degeneration import degeneration
 from sdk.report.summary import ITERATION_COLUMNS, eval_rows, fmt, iteration_rows, rejections_line
 from sdk.store import atomic_write_text, read_jsonl
 
@@ -152,6 +153,80 @@ def plot_before_after(metrics: dict) -> str:
     return src
 
 
+def plot_layer_scores(prune: dict) -> Optional[str]:
+    """Block influence per layer (kept vs dropped) and, for angular pruning, d(l, n) per block start."""
+    if not prune or not prune.get("block_influence"):
+        return None
+    plt = _pyplot()
+    bi, kept = prune["block_influence"], set(prune["kept"])
+    fig, axes = plt.subplots(1, 2 if prune.get("angular_distance") else 1, figsize=(10, 3), squeeze=False)
+    ax = axes[0][0]
+    ax.bar(range(len(bi)), bi, color=["tab:blue" if i in kept else "tab:red" for i in range(len(bi))])
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (blue kept, red dropped)")
+    ax.set_ylabel("block influence 1 - cos(h_in, h_out)")
+    ax.set_title("Block influence on the calibration text")
+    if prune.get("angular_distance"):
+        ax = axes[0][1]
+        dropped = prune.get("dropped") or []
+        ax.plot(range(len(prune["angular_distance"])), prune["angular_distance"], marker=".")
+        if dropped:
+            ax.axvline(min(dropped), color="tab:red", linestyle="--", label=f"dropped block starts at {min(dropped)}")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(f"first layer l of a block of {len(dropped)}")
+        ax.set_ylabel("angular distance d(l, n)")
+        ax.set_title("Angular distance of each contiguous block")
+    fig.tight_layout()
+    src = _png(fig)
+    plt.close(fig)
+    return src
+
+
+def plot_heal_loss(heal: dict) -> Optional[str]:
+    history = (heal or {}).get("loss_history") or []
+    if not history:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], marker=".")
+    ax.set_xlabel("healing step")
+    ax.set_ylabel("KL(teacher || student)")
+    ax.set_title("Healing loss")
+    src = _png(fig)
+    plt.close(fig)
+    return src
+
+
+def section_student(metrics: dict) -> str:
+    """How the student was built: the layers kept and why, and what healing did."""
+    init = metrics.get("student_init") or {}
+    prune, heal = init.get("prune"), init.get("heal")
+    parts = []
+    if prune:
+        parts.append(
+            f"<p>Pruned by <b>{esc(prune['method'])}</b>: kept {len(prune['kept'])} of {prune['base_layers']} layers "
+            f"<code>{esc(prune['kept'])}</code>, dropped <code>{esc(prune.get('dropped'))}</code>; scored on {prune.get('calibration_chunks')} corpus chunks "
+            f"({prune.get('calibration_tokens')} tokens).</p>"
+        )
+        src = plot_layer_scores(prune)
+        if src:
+            parts.append(figure("Layer scores on the domain's calibration text", src))
+    else:
+        parts.append("<p class='muted'>The student was not pruned.</p>")
+    rows = [(name, init.get(key)) for name, key in (("before healing", "before_heal"), ("after healing", "after_heal")) if init.get(key)]
+    if rows:
+        cols = [("kl_per_token", "KL(T‖S) / token"), ("top1_agreement", "top-1 agreement"), ("student_ppl", "ppl on teacher's answers"), ("domain_ppl", "domain ppl")]
+        parts.append(table(["student"] + [c for _, c in cols], [[name] + [fmt(v.get(k)) for k, _ in cols] for name, v in rows]))
+    if heal:
+        parts.append(f"<p>Healed for {heal.get('steps')} steps on {heal.get('sequences')} sequences ({heal.get('corpus_chunks')} corpus chunks, {heal.get('general_texts')} general texts), {fmt(heal.get('runtime_s'), 1)} s.</p>")
+        src = plot_heal_loss(heal)
+        if src:
+            parts.append(figure("Healing loss", src))
+    elif prune:
+        parts.append("<p class='muted'>Not healed (heal.steps is 0, or the teacher is not local).</p>")
+    return "".join(parts)
+
+
 # sections ----------------------------------------------------------------------------------------
 def section_headline(metrics: dict, status: str) -> str:
     badges = [f"<span class='badge info'>run {esc(status)}</span>"]
@@ -159,6 +234,11 @@ def section_headline(metrics: dict, status: str) -> str:
     per_iteration = relative.get("per_iteration") or []
     if per_iteration:
         badges.append(f"<span class='badge info'>relative score {fmt(relative.get('before'), 1)}% → {fmt(per_iteration[-1], 1)}%</span>")
+    before, after = metrics["eval"]["before"], metrics["eval"]["after"]
+    if after.get("kl_per_token") is not None:
+        badges.insert(1, f"<span class='badge info'>KL to teacher {fmt(before.get('kl_per_token'), 2)} → {fmt(after['kl_per_token'], 2)} nats/token · top-1 agreement {fmt(before.get('top1_agreement'), 2)} → {fmt(after.get('top1_agreement'), 2)}</span>")
+    if after.get("looping_answers") or after.get("empty_answers"):
+        badges.append(f"<span class='badge fail'>{after.get('looping_answers') or 0} looping, {after.get('empty_answers') or 0} empty answers</span>")
     forgetting = metrics.get("forgetting")
     if forgetting:
         cls = "pass" if forgetting["passed"] else "fail"
@@ -205,6 +285,11 @@ def section_recipe(run_dir: Path, metrics: dict) -> str:
 
 
 DOMAIN_COLUMNS = [
+    ("kl_per_token", "KL(T‖S) / token"),
+    ("top1_agreement", "top-1 agreement"),
+    ("domain_ppl", "domain ppl"),
+    ("distinct_trigram_ratio", "distinct trigrams"),
+    ("looping_answers", "looping answers"),
     ("rougeL_vs_reference", "ROUGE-L vs reference"),
     ("rougeL_vs_teacher", "ROUGE-L vs teacher"),
     ("key_point_recall", "key-point recall"),
@@ -220,6 +305,9 @@ def section_domain(metrics: dict) -> str:
     """Teacher, student before, and student after each iteration on the pack's held-out set."""
     teacher = dict(metrics["eval"].get("teacher_vs_reference") or {})
     after = metrics["eval"]["after"]
+    teacher.update({k: v for k, v in (metrics["eval"].get("teacher") or {}).items() if k in ("domain_ppl", "distinct_trigram_ratio", "looping_answers")})
+    if after.get("kl_per_token") is not None:
+        teacher.update(kl_per_token=0.0, top1_agreement=1.0)
     teacher.update(rougeL_vs_teacher=1.0, teacher_loglik=None, relative_score=100.0,
                    referee_student_mean=after.get("referee_teacher_mean"), findings_student=after.get("findings_teacher"))  # fmt: skip
     rows = [("teacher", teacher), ("student before", metrics["eval"]["before"])]
@@ -227,7 +315,7 @@ def section_domain(metrics: dict) -> str:
     body = [[name] + [fmt(values.get(key)) for key, _ in DOMAIN_COLUMNS] for name, values in rows]
     change = "".join(
         f"<li>{esc(label)}: {esc(b)} → {esc(a)} <span class='{'pass' if improved else 'fail' if improved is False else 'muted'}'>{esc(delta)}</span></li>"
-        for label, b, a, delta, improved in eval_rows(metrics)
+        for label, b, a, delta, improved, _ in eval_rows(metrics)
     )
     return (
         table(["model"] + [label for _, label in DOMAIN_COLUMNS], body)
@@ -354,6 +442,8 @@ def section_samples(run_dir: Path, metrics: dict, chunks: dict[str, dict]) -> tu
             where = origin
         lineage = f"; generated in iteration {prov['iteration']} from <code>{esc(prov.get('parent_id'))}</code>" if prov.get("stage") == "generate" else ""
         side = "hard" if row.get("hard") else "easy"
+        loop = degeneration(row.get("student_answer") or "")
+        flag = f" · <b class='fail'>student answer loops (longest repeat {loop['longest_repeat']}, distinct trigrams {fmt(loop['distinct_trigram_ratio'], 2)})</b>" if loop["looping"] else ""
         why = f" ({esc(row.get('hard_because'))})" if row.get("hard_because") else ""
         findings = row.get("findings") or {}
         notes = "".join(f"<li>{esc(who)}: {esc(f.get('severity'))} {esc(f.get('verifier', ''))} {esc(f.get('message'))}</li>"
@@ -361,7 +451,7 @@ def section_samples(run_dir: Path, metrics: dict, chunks: dict[str, dict]) -> tu
         parts.append(
             f"<div class='sample'><p><b class='{side}'>{side}{why}</b> · gap {fmt(row.get('gap'), 2)} · "
             f"teacher {fmt(row.get('teacher_score'), 2)} vs student {fmt(row.get('student_score'), 2)} · "
-            f"<code>{esc(row['id'])}</code> · {esc(source.get('subarea') or '')}</p>"
+            f"<code>{esc(row['id'])}</code> · {esc(source.get('subarea') or '')}{flag}</p>"
             f"<p><b>Instruction.</b> {esc(row['instruction'])}</p>"
             f"<p class='muted'>Provenance: {where}{lineage}.</p>"
             f"<div class='side'><div><b>Teacher</b><pre>{esc(row.get('teacher_answer'))}</pre></div>"
@@ -401,6 +491,7 @@ def write_report(run_dir: Path, metrics: dict, status: Optional[str] = None) -> 
     sections = [
         ("Recipe", section_recipe(run_dir, metrics)),
         ("Held-out domain metrics", section_domain(metrics)),
+        ("The student: pruning and healing", section_student(metrics)),
         ("The loop, per iteration", section_loop(metrics)),
         ("Forgetting check", section_forgetting(metrics)),
         ("Training", section_training(metrics)),

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from rich.table import Table
 
-# (metrics key, label, higher is better)
+# (metrics key, label, higher is better). Fidelity to the teacher and degeneration lead: they are what
+# the training objective cannot game (docs/metrics.md).
 EVAL_ROWS = [
+    ("kl_per_token", "KL(teacher‖student) nats/token", False),
+    ("top1_agreement", "top-1 agreement with teacher", True),
+    ("student_ppl", "perplexity on teacher's answers", False),
+    ("kl_gap_closed", "share of KL gap closed", True),
+    ("domain_ppl", "domain perplexity (held-out chunks)", False),
+    ("distinct_trigram_ratio", "distinct-trigram ratio", True),
+    ("looping_answers", "looping answers", False),
+    ("empty_answers", "empty answers", False),
     ("rougeL_vs_teacher", "ROUGE-L vs teacher", True),
     ("teacher_loglik", "teacher log-lik / token", True),
     ("rougeL_vs_reference", "ROUGE-L vs reference", True),
     ("key_point_recall", "key-point recall", True),
     ("answer_tokens", "answer length (tokens)", None),
-    ("empty_answers", "empty answers", False),
 ]
 
 
@@ -21,30 +29,53 @@ def fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def eval_rows(metrics: dict) -> list[tuple[str, str, str, str, bool | None]]:
-    """(label, before, after, change, improved) per metric; improved is None where it does not apply."""
+def teacher_values(metrics: dict) -> dict:
+    """The teacher's own figures for the rows where it has one (KL 0 and agreement 1 by definition)."""
+    teacher = metrics["eval"].get("teacher") or {}
+    reference = metrics["eval"].get("teacher_vs_reference") or {}
+    white_box = metrics["eval"]["after"].get("kl_per_token") is not None
+    return {
+        "kl_per_token": 0.0 if white_box else None,
+        "top1_agreement": 1.0 if white_box else None,
+        "domain_ppl": teacher.get("domain_ppl"),
+        "distinct_trigram_ratio": teacher.get("distinct_trigram_ratio"),
+        "looping_answers": teacher.get("looping_answers"),
+        "empty_answers": teacher.get("empty_answers"),
+        "rougeL_vs_teacher": 1.0,
+        "rougeL_vs_reference": reference.get("rougeL_vs_reference"),
+        "key_point_recall": reference.get("key_point_recall"),
+    }
+
+
+def eval_rows(metrics: dict) -> list[tuple[str, str, str, str, bool | None, str]]:
+    """(label, before, after, change, improved, teacher) per metric; improved is None where it does not apply."""
     before, after = metrics["eval"]["before"], metrics["eval"]["after"]
+    teacher = teacher_values(metrics)
     rows = []
     for key, label, higher in EVAL_ROWS:
         b, a = before.get(key), after.get(key)
         delta = "" if b is None or a is None else f"{a - b:+.3f}"
         improved = None if not delta or higher is None or a == b else (a > b) == higher
-        rows.append((label, fmt(b), fmt(a), delta, improved))
+        rows.append((label, fmt(b), fmt(a), delta, improved, fmt(teacher.get(key)) if key in teacher else ""))
     return rows
 
 
 def summary_table(metrics: dict) -> Table:
     table = Table(title=f"Distillery: {metrics['domain']} ({metrics['preset']}), student on {metrics['data']['eval_prompts']} held-out prompts")
-    for col in ("metric", "before", "after", "change"):
+    for col in ("metric", "before", "after", "change", "teacher"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for label, before, after, delta, improved in eval_rows(metrics):
+    for label, before, after, delta, improved, teacher in eval_rows(metrics):
         colour = {True: "green", False: "red", None: "default"}[improved]
-        table.add_row(label, before, after, f"[{colour}]{delta}[/]" if delta else "")
+        table.add_row(label, before, after, f"[{colour}]{delta}[/]" if delta else "", teacher)
     relative = metrics.get("relative_score") or {}
     if relative.get("before") is not None and relative.get("per_iteration"):
         b, a = relative["before"], relative["per_iteration"][-1]
         colour = "green" if a > b else "red" if a < b else "default"
-        table.add_row(f"relative score % ({relative.get('referee')} referee)", f"{b:.1f}", f"{a:.1f}", f"[{colour}]{a - b:+.1f}[/]")
+        table.add_row(f"relative score % ({relative.get('referee')} referee)", f"{b:.1f}", f"{a:.1f}", f"[{colour}]{a - b:+.1f}[/]", "100.0")
+    init = metrics.get("student_init") or {}
+    if init.get("before_heal") and init.get("after_heal"):
+        b, a = init["before_heal"], init["after_heal"]
+        table.add_row("[dim]healing: KL before → after[/]", fmt(b.get("kl_per_token")), fmt(a.get("kl_per_token")), f"{a['kl_per_token'] - b['kl_per_token']:+.3f}", "")
     train = metrics.get("train", {})
     data = metrics["data"]
     table.caption = (

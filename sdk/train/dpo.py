@@ -73,10 +73,12 @@ def dpo_stage(model, tokenizer, ctx: StageContext):
         output_dir=str(ctx.stage_dir("dpo")),
         max_length=ctx.settings.max_seq_length,
         beta=dpo.beta,
-        loss_type=[dpo.loss_type],
-        **training_args_kwargs(ctx.settings, ctx.seed),
+        # RPO: the preference loss plus rpo_alpha * NLL of the chosen answer (TRL's "sft" loss term)
+        loss_type=[dpo.loss_type, "sft"] if dpo.rpo_alpha > 0 else [dpo.loss_type],
+        loss_weights=[1.0, dpo.rpo_alpha] if dpo.rpo_alpha > 0 else None,
+        **training_args_kwargs(ctx.settings, ctx.seed, dpo.learning_rate),
     )
     # ref_model=None: TRL keeps a frozen copy of the starting student (or, with LoRA, disables the adapter)
     trainer = DPOTrainer(model=model, args=args, train_dataset=dpo_dataset(kept, ctx.system_prompt), processing_class=tokenizer)
     modes = sorted({p.get("mode", "?") for p in kept})
-    return trainer, {"pairs": len(kept), "pairs_dropped": len(dropped), "modes": modes, "beta": dpo.beta}
+    return trainer, {"pairs": len(kept), "pairs_dropped": len(dropped), "modes": modes, "beta": dpo.beta, "rpo_alpha": dpo.rpo_alpha, "learning_rate": dpo.learning_rate}

@@ -113,10 +113,11 @@ def kd_stage(model, tokenizer, ctx: StageContext):
         teacher, t_tok = load_local(recipe.models.teacher, recipe.models)
     check_same_tokenizer(t_tok, tokenizer)
     stages = recipe.train.stages
-    if kd.beta > 0.5 and ctx.init is None and "sft" not in stages[: stages.index("kd")]:
+    unhealed = recipe.heal.steps == 0 and ctx.iter_dir.name == "iter_00"
+    if kd.beta > 0.5 and unhealed and "sft" not in stages[: stages.index("kd")]:
         log(
             f"[yellow]kd with beta {kd.beta} (mostly reverse KL) starts from a student that was not fine-tuned: reverse KL is "
-            "mode-seeking and can collapse such a student to empty answers (see docs/training.md); MiniLLM starts it from an "
+            "mode-seeking and can collapse such a student (heal.steps is 0) to empty answers (see docs/training.md); MiniLLM starts it from an "
             "SFT student, so consider train.stages [sft, kd][/yellow]"
         )
     args = GKDConfig(
@@ -127,7 +128,7 @@ def kd_stage(model, tokenizer, ctx: StageContext):
         temperature=kd.temperature,
         max_new_tokens=kd.max_new_tokens,
         packing=False,
-        **training_args_kwargs(ctx.settings, ctx.seed),
+        **training_args_kwargs(ctx.settings, ctx.seed, kd.learning_rate),
     )
     trainer = _trainer_class()(model=model, teacher_model=teacher, args=args, train_dataset=kd_dataset(ctx.rows, ctx.system_prompt), processing_class=tokenizer)
     return trainer, {"examples": len(ctx.rows), "beta": kd.beta, "lmbda": kd.lmbda, "temperature": kd.temperature}

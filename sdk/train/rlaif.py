@@ -111,7 +111,7 @@ def rlaif_stage(model, tokenizer, ctx: StageContext):
 
     rl = ctx.settings.rlaif
     reward = load_reward(ctx)
-    kwargs = training_args_kwargs(ctx.settings, ctx.seed)
+    kwargs = training_args_kwargs(ctx.settings, ctx.seed, rl.learning_rate)
     # every prompt's group of num_generations completions must fit in one generation batch
     group = rl.num_generations
     kwargs["per_device_train_batch_size"] = math.ceil(ctx.settings.batch_size / group) * group

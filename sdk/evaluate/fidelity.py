@@ -1,0 +1,140 @@
+"""Fidelity: how close the student's next-token distribution is to the teacher's.
+
+On the teacher's own held-out answers a (teacher forcing, both models see the same prefix), per token t:
+
+  KL_t    = sum_v p_T(v | x, a_<t) * (log p_T(v | x, a_<t) - log p_S(v | x, a_<t))   full vocabulary
+  agree_t = [argmax_v p_T(v | .) == argmax_v p_S(v | .)]                              top-1 agreement
+  nll_t   = -log p_S(a_t | x, a_<t)                                                   student perplexity = exp(mean nll)
+
+Every figure is token-weighted over the whole set (sum over all answer tokens / their count), so a long
+answer counts for more than a short one. Domain perplexity is exp(mean nll) of a model on plain text
+(held-out corpus chunks), with no prompt.
+
+This needs both models' full logits, so a local teacher. An endpoint teacher that returns top-k
+log-probabilities is future work (docs/metrics.md); the figures are then marked unavailable.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+
+def token_divergence(teacher_logits, student_logits, targets, mask) -> dict:
+    """Sums over masked positions: KL(T||S), top-1 agreements, student and teacher NLL of the targets.
+
+    teacher_logits, student_logits: (B, T, V) at the positions that predict `targets` (B, T); mask (B, T) 0/1.
+    Returns per-row sums as lists, so callers can aggregate per item or over the set.
+    """
+    import torch
+
+    t_logp = torch.log_softmax(teacher_logits.float(), dim=-1)
+    s_logp = torch.log_softmax(student_logits.float(), dim=-1)
+    m = mask.float()
+    kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)  # (B, T)
+    agree = (t_logp.argmax(-1) == s_logp.argmax(-1)).float()  # (B, T)
+    s_nll = -s_logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    t_nll = -t_logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return {
+        "tokens": m.sum(-1).tolist(),
+        "kl": (kl * m).sum(-1).tolist(),
+        "agree": (agree * m).sum(-1).tolist(),
+        "student_nll": (s_nll * m).sum(-1).tolist(),
+        "teacher_nll": (t_nll * m).sum(-1).tolist(),
+    }
+
+
+def _batches(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _encode(tokenizer, prompts: Sequence[str], answers: Sequence[str], device, max_length: int):
+    """Right-padded ids with a mask over the answer tokens (the prompt is context only)."""
+    import torch
+
+    ids, answer_mask = [], []
+    for prompt, answer in zip(prompts, answers):
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        a = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        seq, mask = (p + a)[:max_length], ([0] * len(p) + [1] * len(a))[:max_length]
+        ids.append(seq)
+        answer_mask.append(mask)
+    width = max(len(x) for x in ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
+    attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+    mask = torch.tensor([m + [0] * (width - len(m)) for m in answer_mask], device=device)
+    return input_ids, attention, mask
+
+
+def _logits(model, input_ids, attention):
+    import torch
+
+    with torch.inference_mode():
+        return model(input_ids=input_ids, attention_mask=attention).logits
+
+
+def _vocab(logits, width: int):
+    return logits[..., :width]  # models may pad their vocabulary; both read the tokenizer's ids
+
+
+def fidelity(teacher, student, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 4, max_length: int = 1024) -> dict:
+    """Per-item and set-level KL(T||S), top-1 agreement and perplexities on the given answers.
+
+    prompts: rendered chat prompts (generation prompt included); answers: the teacher's answers.
+    Items with an empty answer are skipped (they have no tokens to score).
+    """
+    width = len(tokenizer)
+    keep = [i for i, a in enumerate(answers) if a and a.strip()]
+    items: list[dict] = [{} for _ in answers]
+    device = next(student.parameters()).device
+    for chunk in _batches(keep, batch_size):
+        input_ids, attention, mask = _encode(tokenizer, [prompts[i] for i in chunk], [answers[i] for i in chunk], device, max_length)
+        t_logits = _vocab(_logits(teacher, input_ids.to(next(teacher.parameters()).device), attention.to(next(teacher.parameters()).device)).to(device), width)
+        s_logits = _vocab(_logits(student, input_ids, attention), width)
+        sums = token_divergence(t_logits[:, :-1], s_logits[:, :-1], input_ids[:, 1:], mask[:, 1:])  # position t predicts t+1
+        for j, i in enumerate(chunk):
+            items[i] = {k: v[j] for k, v in sums.items()}
+    return {"items": [_item(x) for x in items], "summary": _summary(items)}
+
+
+def _item(sums: dict) -> dict:
+    n = sums.get("tokens", 0)
+    if not n:
+        return {"tokens": 0}
+    return {"tokens": int(n), "kl_per_token": round(sums["kl"] / n, 4), "top1_agreement": round(sums["agree"] / n, 4), "student_ppl": round(math.exp(sums["student_nll"] / n), 3)}
+
+
+def _summary(items: list[dict]) -> dict:
+    n = sum(x.get("tokens", 0) for x in items)
+    if not n:
+        return {"kl_per_token": None, "top1_agreement": None, "student_ppl": None, "teacher_ppl": None, "fidelity_tokens": 0}
+    total = lambda key: sum(x.get(key, 0.0) for x in items)  # noqa: E731
+    return {
+        "kl_per_token": round(total("kl") / n, 4),
+        "top1_agreement": round(total("agree") / n, 4),
+        "student_ppl": round(math.exp(total("student_nll") / n), 3),
+        "teacher_ppl": round(math.exp(total("teacher_nll") / n), 3),
+        "fidelity_tokens": int(n),
+    }
+
+
+def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 4, max_length: int = 512) -> dict:
+    """Token-weighted perplexity of a model on plain texts (each scored from its second token on)."""
+    nll, count = 0.0, 0
+    device = next(model.parameters()).device
+    for chunk in _batches([t for t in texts if t and t.strip()], batch_size):
+        input_ids, attention, mask = _encode(tokenizer, [""] * len(chunk), chunk, device, max_length)
+        logits = _vocab(_logits(model, input_ids, attention), len(tokenizer))
+        sums = token_divergence(logits[:, :-1], logits[:, :-1], input_ids[:, 1:], mask[:, 1:])
+        nll += sum(sums["student_nll"])
+        count += int(sum(sums["tokens"]))
+    return {"ppl": round(math.exp(nll / count), 3) if count else None, "tokens": count}
+
+
+def gap_closed(kl_start: float | None, kl_now: float | None) -> float | None:
+    """Share of the starting KL gap to the teacher that training closed: 1 - KL_now / KL_start."""
+    if kl_start is None or kl_now is None or kl_start <= 0:
+        return None
+    return round(1.0 - kl_now / kl_start, 4)

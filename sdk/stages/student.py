@@ -1,0 +1,178 @@
+"""Stage `student`: build the student the loop starts from: prune the base, then heal it by distillation.
+
+    reads    <index>/chunks.jsonl (the pack's corpus, held-out chunks excluded), eval/teacher.jsonl
+    writes   student_init.json: the pruning record (layers kept, every layer's score), healing metrics and
+             loss curve, fidelity to the teacher and domain perplexity before and after healing, and the
+             path of the student folder
+    recipe   models (teacher, student), heal, eval.heldout_chunks, seed
+
+The student folder lives in the user cache (<cache>/students/<key>/), keyed by the teacher, the layers
+kept, the calibration and healing text, the heal settings and the seed, so a second run on the same pack
+reuses it. It is built under a file lock into a temporary folder and renamed into place, like the
+embedded model's safetensors cache, so two runs never build it twice or read half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from sdk.config import HealSettings, ModelsSettings
+from sdk.progress import log
+
+RECORD = "student_init.json"
+VERSION = 1  # bump when the build changes in a way the key cannot see
+GENERAL_SYSTEM = "You are a helpful assistant."
+
+
+@dataclass
+class StudentInputs:
+    train_chunks: list[str]  # corpus chunks not held out: calibration and healing text
+    heldout_chunks: list[str]  # for domain perplexity only
+    eval_prompts: list[str]  # rendered chat prompts of the held-out set
+    eval_answers: list[str]  # the teacher's answers to them
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def student_cache_dir() -> Path:
+    from sdk.paths import cache_dir
+
+    return cache_dir() / "students"
+
+
+def measure(teacher_model, student_model, tokenizer, inputs: StudentInputs) -> dict:
+    """Fidelity on the teacher's held-out answers and perplexity on held-out chunks."""
+    from sdk.evaluate.fidelity import fidelity, perplexity
+
+    out = dict(fidelity(teacher_model, student_model, tokenizer, inputs.eval_prompts, inputs.eval_answers)["summary"])
+    out["domain_ppl"] = perplexity(student_model, tokenizer, inputs.heldout_chunks)["ppl"] if inputs.heldout_chunks else None
+    return out
+
+
+def general_texts(teacher, tokenizer, n: int, seed: int) -> list[str]:
+    """n shipped replay instructions with the teacher's answers, rendered in the chat template."""
+    from sdk.evaluate.domain import answer_conversations
+    from sdk.train.replay import general_instructions, replay_instructions
+
+    rows = replay_instructions(min(n, len(general_instructions())), seed)
+    if not rows:
+        return []
+    convs = answer_conversations(GENERAL_SYSTEM, [r["instruction"] for r in rows])
+    answers = teacher.generate(convs, description="teacher answers general text for healing")
+    return [tokenizer.apply_chat_template(c + [{"role": "assistant", "content": a}], tokenize=False) for c, a in zip(convs, answers) if a.strip()]
+
+
+def run(models: ModelsSettings, heal: HealSettings, seed: int, inputs: StudentInputs, teacher, teacher_name: str, private_dir: Optional[Path] = None) -> dict:
+    """Prune (when the student is `pruned`), heal (when heal.steps > 0 and the teacher is local), measure.
+
+    `teacher` is the loaded teacher chat model (LocalChatModel), or None for an endpoint teacher.
+    With heal.cache false the student is built in `private_dir` (the run's own folder) instead of the
+    shared cache. Returns the record written to student_init.json.
+    """
+    from sdk.models import describe, load_local
+    from sdk.models.prune import choose_layers, prune_layers, target_layers
+
+    spec = models.student
+    record: dict = {"student": describe(spec, models), "teacher": teacher_name, "path": None, "prune": None, "heal": None}
+    white_box = teacher is not None and hasattr(teacher, "model")
+    if spec.provider == "pruned":
+        base_spec = getattr(models, spec.base)
+        model, tokenizer = load_local(base_spec.model_copy(update={"dtype": spec.dtype}), models)
+        base_layers = model.config.num_hidden_layers
+        n_keep = target_layers(base_layers, spec.num_layers, spec.keep_ratio) if spec.keep_layers is None and spec.prune_method != "every_k" else base_layers
+        calibration = inputs.train_chunks[: spec.calibration_chunks]
+        prune = choose_layers(model, tokenizer, spec.prune_method, n_keep, calibration, spec.keep_every, spec.keep_layers, spec.calibration_tokens)
+        prune_layers(model, prune.kept)
+        record["prune"] = prune.as_dict()
+        base_id = describe(base_spec, models)
+        log(f"pruned {base_id}: {prune.method} keeps {len(prune.kept)} of {base_layers} layers {prune.kept}")
+    elif heal.steps > 0 and white_box:
+        model, tokenizer = load_local(spec, models)
+        base_id = describe(spec, models)
+    else:
+        return record  # an hf student that is not healed loads from its own spec
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    same_vocab = white_box and teacher.tokenizer.get_vocab() == tokenizer.get_vocab()
+    if white_box and not same_vocab:
+        log("[yellow]the teacher's tokenizer differs from the student's: no healing and no fidelity figures (they compare next-token distributions over one vocabulary)[/yellow]")
+    if same_vocab:
+        record["before_heal"] = measure(teacher.model, model, tokenizer, inputs)
+        log(f"student before healing: KL {record['before_heal']['kl_per_token']} nats/token, top-1 {record['before_heal']['top1_agreement']}, domain ppl {record['before_heal']['domain_ppl']}")
+
+    healing = heal.steps > 0 and same_vocab
+    key = _sha({
+        "version": VERSION, "base": base_id, "teacher": teacher_name if healing else None,
+        "kept": record["prune"]["kept"] if record["prune"] else None,
+        "calibration": _sha(inputs.train_chunks[: spec.calibration_chunks]) if record["prune"] else None,
+        "heal": heal.model_dump(exclude={"cache"}) if healing else None,
+        "heal_text": _sha(inputs.train_chunks) if healing else None, "seed": seed if healing else None, "dtype": spec.dtype,
+    })[:16]  # fmt: skip
+    target = (student_cache_dir() if heal.cache or private_dir is None else Path(private_dir)) / key
+    if not healing:
+        target = _build(target, heal.cache, lambda out: _save(model, tokenizer, out))
+    elif heal.cache and (target / ".complete").is_file():
+        log(f"reusing the healed student from the cache: {target} (key {key}; same teacher, pruning, corpus, heal settings and seed)")
+    else:
+        def build(out: Path) -> None:
+            from sdk.train.heal import heal_texts, heal_trainer
+
+            n_general = round(heal.steps * heal.batch_size * heal.general_fraction)
+            general = general_texts(teacher, tokenizer, min(n_general, 64), seed) if n_general else []
+            texts = heal_texts(inputs.train_chunks, general, heal, seed)
+            log(f"healing the student: {heal.steps} steps of {'forward KL' if heal.beta == 0 else f'generalized JSD (beta {heal.beta})'} on {len(texts)} sequences ({len(inputs.train_chunks)} corpus chunks, {len(general)} general texts)")
+            trainer = heal_trainer(model, teacher.model, tokenizer, texts, heal, out.parent / f".{key}.work", seed)
+            result = trainer.train(resume_from_checkpoint=_latest(out.parent / f".{key}.work"))
+            history = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+            _save(trainer.model, tokenizer, out)
+            (out / "heal.json").write_text(json.dumps({"steps": trainer.state.global_step, "train_loss": round(result.training_loss, 4), "runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
+                                                       "loss_history": history, "sequences": len(texts), "corpus_chunks": len(inputs.train_chunks), "general_texts": len(general)}))  # fmt: skip
+            shutil.rmtree(out.parent / f".{key}.work", ignore_errors=True)
+
+        target = _build(target, heal.cache, build)
+    record["path"], record["key"] = str(target), key
+    if healing:
+        from transformers import AutoModelForCausalLM
+
+        record["heal"] = dict(json.loads((target / "heal.json").read_text()), settings=heal.model_dump())
+        healed = AutoModelForCausalLM.from_pretrained(target).to(teacher.model.device)
+        record["after_heal"] = measure(teacher.model, healed, tokenizer, inputs)
+        log(f"student after healing: KL {record['after_heal']['kl_per_token']} nats/token, top-1 {record['after_heal']['top1_agreement']}, domain ppl {record['after_heal']['domain_ppl']}")
+    return record
+
+
+def _latest(work_dir: Path) -> Optional[str]:
+    from sdk.train.common import latest_checkpoint
+
+    return latest_checkpoint(work_dir)
+
+
+def _save(model, tokenizer, out: Path) -> None:
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def _build(target: Path, use_cache: bool, build) -> Path:
+    """Build the folder once, under a file lock, into a temporary name renamed into place."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if use_cache and (target / ".complete").is_file():  # another run built it while we waited
+            return target
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build(tmp)
+        (tmp / ".complete").write_text("ok\n")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    return target
