@@ -1,6 +1,6 @@
 """Benchmark: does the referee's hard/easy feedback beat plain generation? (Lion's claim, at equal teacher labels.)
 
-    python bench/loop_vs_sft.py                                   # demo preset, seeds 0 1 2 (about 3 hours on 2 cores)
+    python bench/loop_vs_sft.py                                   # demo preset, seeds 0 1 2: six demo runs (estimated 3+ hours on 2 idle cores)
     python bench/loop_vs_sft.py --seeds 0 1 --iterations 2        # shorter
     python bench/loop_vs_sft.py --preset smoke --seeds 0 --iterations 2 --json /tmp/loop_vs_sft.json   # a check that it runs
 

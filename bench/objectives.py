@@ -6,7 +6,7 @@
                                                                  # a check that the bench runs (minutes; numbers meaningless)
 
 Student: the default student, as the `student` stage builds it (sdk/stages/student.py with ModelsSettings()
-defaults): the embedded teacher (SmolLM2-135M-Instruct) pruned to 20 of its 30 layers (angular distance,
+defaults): the embedded teacher (SmolLM2-135M-Instruct) pruned to 24 of its 30 layers (keep_ratio 0.8, angular distance,
 scored on the medicine corpus chunks that are not held out), then healed by --heal-steps optimizer steps
 of forward-KL distillation on those chunks (HealSettings defaults otherwise, heal seed 0). It is built
 once and kept in the user cache (<cache>/students/<key>/), so every recipe and seed, and the next
@@ -189,6 +189,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-size", type=int, default=48, help="seed tasks the teacher answers for training")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/distillery-bench-objectives/work"))
+    parser.add_argument("--batch-size", type=int, default=2, help="train.batch_size of every stage (sequences up to 256 tokens)")
     parser.add_argument("--steps", type=int, default=32, help="optimizer steps per recipe (split evenly over its stages)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-eval", type=int, default=20, help="held-out prompts scored")
@@ -253,7 +254,7 @@ def main(argv=None) -> None:
             if pairs:
                 (iter_dir / "dpo_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
             overrides = {
-                "seed": seed, "data.max_eval": args.max_eval, "train.stages": spec["stages"], "train.learning_rate": args.sft_lr,
+                "seed": seed, "data.max_eval": args.max_eval, "train.stages": spec["stages"], "train.learning_rate": args.sft_lr, "train.batch_size": args.batch_size, "train.max_seq_length": 256,
                 "train.max_steps": max(1, args.steps // len(spec["stages"])), "train.save_steps": 10_000, "train.logging_steps": 1,
             }  # fmt: skip
             for key, value in spec.get("kd", {}).items():

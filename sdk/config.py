@@ -70,7 +70,7 @@ class ModelSpec(_Strict):
         "angular", description="pruned: angular = drop the contiguous block of layers whose input and output are closest (Gromov et al.); block_influence = drop the layers that change the hidden state least (ShortGPT); every_k = keep 0, k, 2k, ... The first and last layers are always kept"
     )
     num_layers: Optional[int] = Field(None, ge=2, le=1024, description="pruned: layers the student keeps (first and last included)")
-    keep_ratio: Optional[float] = Field(None, gt=0.0, le=1.0, description="pruned: share of the base's layers kept when num_layers is not set (null and no num_layers = 2/3)")
+    keep_ratio: Optional[float] = Field(None, gt=0.0, le=1.0, description="pruned: share of the base's layers kept when num_layers is not set (null and no num_layers = 0.8)")
     keep_every: Optional[int] = Field(None, ge=1, le=64, description="pruned, every_k: keep every k-th layer (0, k, 2k, ...) and the last")
     keep_layers: Optional[list[int]] = Field(None, description="pruned: explicit layer indices to keep (overrides the method; may drop the first or last layer)")
     calibration_chunks: int = Field(32, ge=1, le=100_000, description="pruned: corpus chunks the layers are scored on (never the held-out set)")
@@ -121,7 +121,7 @@ class ModelSpec(_Strict):
 
 
 def _default_student() -> ModelSpec:
-    return ModelSpec(provider="pruned", base="teacher", prune_method="angular", num_layers=20)
+    return ModelSpec(provider="pruned", base="teacher", prune_method="angular", keep_ratio=0.8)
 
 
 def _default_generator() -> ModelSpec:
@@ -282,6 +282,9 @@ class AdversarialSettings(_Strict):
         0.5, ge=0.0, le=10.0,
         description="iterations after the first also train on earlier, already-labelled instructions: this many per new one (0 = new ones only, as in Lion)",
     )  # fmt: skip
+    generate_last: bool = Field(
+        False, description="the last iteration also generates new instructions; off by default, since no iteration would train on them (a later `distill resume --set adversarial.iterations=N+1` generates them then)"
+    )
     min_domain_similarity: Optional[float] = Field(
         0.25, ge=-1.0, le=1.0,
         description="a generated instruction whose cosine similarity to every seed is below this is rejected as off-domain (null = no check)",

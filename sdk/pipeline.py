@@ -72,6 +72,9 @@ def summarise_train(metrics: dict, rows: int, init) -> dict:
                 first_logged_loss=losses[0] if losses else None, last_logged_loss=losses[-1] if losses else None)  # fmt: skip
 
 
+SKIPPED_GENERATION = {"skipped": "last iteration (adversarial.generate_last is false)", "kept": 0, "target": 0, "attempts": 0, "kept_hard": 0, "kept_easy": 0, "rejected_by_reason": {}}
+
+
 def it_name(k: int) -> str:
     return f"iter_{k:02d}"
 
@@ -221,7 +224,8 @@ class Pipeline:
                 self._stage(f"{it}/train", lambda k=k: self.stage_train(k))
                 self._stage(f"{it}/eval", lambda k=k: self.stage_eval_iteration(k))
                 self._stage(f"{it}/discriminate", lambda k=k: self.stage_discriminate(k))
-                self._stage(f"{it}/generate", lambda k=k: self.stage_generate(k))
+                if k < self.recipe.adversarial.iterations - 1 or self.recipe.adversarial.generate_last:
+                    self._stage(f"{it}/generate", lambda k=k: self.stage_generate(k))
             if self.forgetting_tasks():
                 self._stage("forgetting_after", self.stage_forgetting_after)
             self._stage("finalize", self.stage_finalize)
@@ -670,7 +674,7 @@ class Pipeline:
             "train": self.store.read_json(f"{it}/train_metrics.json"),
             "eval": self.store.read_json(f"{it}/eval.json")["summary"],
             "discrimination": self.store.read_json(f"{it}/discrimination.json"),
-            "generation": self.store.read_json(f"{it}/generation.json"),
+            "generation": self.store.read_json(f"{it}/generation.json") if self.store.path(it, "generation.json").is_file() else SKIPPED_GENERATION,
         }
 
     def student_init_metrics(self) -> dict:

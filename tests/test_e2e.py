@@ -297,9 +297,13 @@ def test_scaffolded_pack_runs_with_pack_path(tmp_path):
     assert new.returncode == 0, new.stderr
     valid = _cli("packs", "validate", str(tmp_path / "packs" / "field-notes"))
     assert valid.returncode == 0, valid.stdout + valid.stderr
-    result = sdk.distill(domain="field-notes", preset="smoke", run_dir=tmp_path / "run", pack_paths=[tmp_path / "packs"], data__max_eval=2, train__epochs=1, adversarial__iterations=1)
+    result = sdk.distill(domain="field-notes", preset="smoke", run_dir=tmp_path / "run", pack_paths=[tmp_path / "packs"], data__max_eval=2, train__epochs=1,
+                         adversarial__iterations=1, adversarial__generate_last=False)  # fmt: skip
     assert result.metrics["domain"] == "field-notes" and result.metrics["data"]["eval_prompts"] == 2
     assert (Path(result.student_path) / "config.json").is_file()
+    # the last iteration's generation is skipped (nothing would train on it), and the metrics say so
+    assert not (Path(result.run_dir) / "iter_00/generated.jsonl").exists()
+    assert result.metrics["iterations"][0]["generation"]["skipped"] and result.metrics["data"]["generated"] == 0
 
 
 def test_budget_stops_the_run_cleanly_and_resume_finishes_it(tmp_path, capsys):

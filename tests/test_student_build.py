@@ -60,7 +60,7 @@ def test_keep_layers_overrides_the_method_and_may_drop_the_ends(tiny_teacher):
 def test_size_is_num_layers_or_keep_ratio():
     assert target_layers(30, num_layers=20) == 20
     assert target_layers(30, keep_ratio=0.8) == 24
-    assert target_layers(30) == 20
+    assert target_layers(30) == 24
     with pytest.raises(Exception, match="between 2 and 30"):
         target_layers(30, num_layers=1)
 

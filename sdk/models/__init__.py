@@ -37,7 +37,7 @@ def describe(spec: ModelSpec, models: ModelsSettings | None = None) -> str:
     elif spec.prune_method == "every_k":
         kept = f"every {spec.keep_every} + last"
     else:
-        size = f"{spec.num_layers} layers" if spec.num_layers else f"{spec.keep_ratio or 2 / 3:.0%} of layers"
+        size = f"{spec.num_layers} layers" if spec.num_layers else f"{spec.keep_ratio or 0.8:.0%} of layers"
         kept = f"{size} by {spec.prune_method}"
     return f"pruned({base}, {kept})"
 

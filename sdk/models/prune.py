@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 from sdk.errors import ModelError
 
 METHODS = ("angular", "block_influence", "every_k")
+DEFAULT_KEEP_RATIO = 0.8  # measured: the smallest SmolLM2 student whose healed KL to the teacher is below 1 (docs/pruning.md)
 
 
 @dataclass
@@ -51,8 +52,8 @@ class PruneRecord:
 
 
 def target_layers(base_layers: int, num_layers: Optional[int] = None, keep_ratio: Optional[float] = None) -> int:
-    """How many layers the student keeps: num_layers, else round(keep_ratio * base_layers); at least 2."""
-    n = num_layers if num_layers is not None else round((keep_ratio if keep_ratio is not None else 2 / 3) * base_layers)
+    """How many layers the student keeps: num_layers, else round(keep_ratio * base_layers) (default 0.8); at least 2."""
+    n = num_layers if num_layers is not None else round((keep_ratio if keep_ratio is not None else DEFAULT_KEEP_RATIO) * base_layers)
     if not 2 <= n <= base_layers:
         raise ModelError(f"the pruned student must keep between 2 and {base_layers} layers (first and last included), got {n}")
     return n

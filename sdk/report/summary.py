@@ -100,7 +100,7 @@ def iteration_rows(metrics: dict) -> list[tuple[str, ...]]:
             str(it["iteration"]), str(it["train_pool"]), str(d["refereed"]),
             f"{d['hard']}/{d['easy']}" + (f" ({d['unparsed']} unread)" if d["unparsed"] else ""),
             fmt(d["hard_ratio"]), f"{fmt(d['gap_mean'])} / {fmt(d['gap_median'])}",
-            f"{g['kept']}/{g['target']} in {g['attempts']} ({g['kept_hard']}h {g['kept_easy']}e)",
+            "skipped (last iteration)" if g.get("skipped") else f"{g['kept']}/{g['target']} in {g['attempts']} ({g['kept_hard']}h {g['kept_easy']}e)",
             fmt(e.get("rougeL_vs_teacher")), fmt(e.get("relative_score")),
         ))  # fmt: skip
     return rows
@@ -125,5 +125,6 @@ def rejections_line(metrics: dict) -> str | None:
     per = [
         f"{it['iteration']}: " + (", ".join(f"{k} {v}" for k, v in it["generation"]["rejected_by_reason"].items()) or "none")
         for it in metrics.get("iterations", [])
+        if not it["generation"].get("skipped")
     ]
     return "generated instructions rejected, by reason, per iteration: " + "; ".join(per) if per else None

@@ -28,6 +28,7 @@ from sdk.progress import log
 RECORD = "student_init.json"
 VERSION = 1  # bump when the build changes in a way the key cannot see
 GENERAL_SYSTEM = "You are a helpful assistant."
+GENERAL_MAX = 16  # distinct general texts the teacher answers for healing
 
 
 @dataclass
@@ -119,7 +120,7 @@ def run(models: ModelsSettings, heal: HealSettings, seed: int, inputs: StudentIn
     })[:16]  # fmt: skip
     target = (student_cache_dir() if heal.cache or private_dir is None else Path(private_dir)) / key
     if not healing:
-        target = _build(target, heal.cache, lambda out: _save(model, tokenizer, out))
+        target = _build(target, heal.cache, lambda out: _save(model, tokenizer, out, record["prune"]))
     elif heal.cache and (target / ".complete").is_file():
         log(f"reusing the healed student from the cache: {target} (key {key}; same teacher, pruning, corpus, heal settings and seed)")
     else:
@@ -127,13 +128,13 @@ def run(models: ModelsSettings, heal: HealSettings, seed: int, inputs: StudentIn
             from sdk.train.heal import heal_texts, heal_trainer
 
             n_general = round(heal.steps * heal.batch_size * heal.general_fraction)
-            general = general_texts(teacher, tokenizer, min(n_general, 64), seed) if n_general else []
+            general = general_texts(teacher, tokenizer, min(n_general, GENERAL_MAX), seed) if n_general else []  # cycled to fill the share
             texts = heal_texts(inputs.train_chunks, general, heal, seed)
             log(f"healing the student: {heal.steps} steps of {'forward KL' if heal.beta == 0 else f'generalized JSD (beta {heal.beta})'} on {len(texts)} sequences ({len(inputs.train_chunks)} corpus chunks, {len(general)} general texts)")
             trainer = heal_trainer(model, teacher.model, tokenizer, texts, heal, out.parent / f".{key}.work", seed)
             result = trainer.train(resume_from_checkpoint=_latest(out.parent / f".{key}.work"))
             history = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
-            _save(trainer.model, tokenizer, out)
+            _save(trainer.model, tokenizer, out, record["prune"])
             (out / "heal.json").write_text(json.dumps({"steps": trainer.state.global_step, "train_loss": round(result.training_loss, 4), "runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
                                                        "loss_history": history, "sequences": len(texts), "corpus_chunks": len(inputs.train_chunks), "general_texts": len(general)}))  # fmt: skip
             shutil.rmtree(out.parent / f".{key}.work", ignore_errors=True)
@@ -156,9 +157,12 @@ def _latest(work_dir: Path) -> Optional[str]:
     return latest_checkpoint(work_dir)
 
 
-def _save(model, tokenizer, out: Path) -> None:
+def _save(model, tokenizer, out: Path, prune: Optional[dict] = None) -> None:
+    """The student folder, with its provenance (layers kept and every layer's score) in prune.json."""
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    if prune:
+        (out / "prune.json").write_text(json.dumps(prune, indent=2))
 
 
 def _build(target: Path, use_cache: bool, build) -> Path:
