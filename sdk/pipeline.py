@@ -87,6 +87,7 @@ class Pipeline:
         self._models: dict[str, object] = {}
         self._budgets: dict[str, object] = {}
         self.timings: dict[str, float] = dict(store.manifest.get("timings", {}))
+        self.ran: list[str] = []  # stages run in this session
         self.referee_kinds()  # a referee that cannot work with these models fails before any compute
 
     # models -----------------------------------------------------------------------------------
@@ -199,6 +200,7 @@ class Pipeline:
         log(f"[bold cyan]stage[/bold cyan] {name}")
         start = time.time()
         outputs = fn() or []
+        self.ran.append(name)
         self.timings[name] = round(time.time() - start, 1)
         self.store.manifest["timings"] = self.timings
         self.store.mark_done(name, outputs=[str(o) for o in outputs])
@@ -226,6 +228,9 @@ class Pipeline:
                 self._stage(f"{it}/discriminate", lambda k=k: self.stage_discriminate(k))
                 if k < self.recipe.adversarial.iterations - 1 or self.recipe.adversarial.generate_last:
                     self._stage(f"{it}/generate", lambda k=k: self.stage_generate(k))
+            if self.ran:  # e.g. `distill resume --set adversarial.iterations=N+1` of a finished run: the ending is redone
+                for stage in ("forgetting_after", "finalize"):
+                    self.store.mark_stale(stage)
             if self.forgetting_tasks():
                 self._stage("forgetting_after", self.stage_forgetting_after)
             self._stage("finalize", self.stage_finalize)

@@ -131,6 +131,11 @@ class RunStore:
         self._manifest["stages"][stage] = {"finished_at": _now(), "outputs": rel, **info}
         atomic_write_json(self.path(MANIFEST), self._manifest)
 
+    def mark_stale(self, stage: str) -> None:
+        """Forget that a stage finished, so the next run of the pipeline does it again."""
+        if self._manifest["stages"].pop(stage, None) is not None:
+            atomic_write_json(self.path(MANIFEST), self._manifest)
+
     def set_status(self, status: str, **info: Any) -> None:
         self._manifest.update(status=status, updated_at=_now(), **info)
         atomic_write_json(self.path(MANIFEST), self._manifest)

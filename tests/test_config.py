@@ -15,6 +15,7 @@ def test_smoke_is_smaller_than_demo():
     smoke, demo = load_recipe("smoke"), load_recipe("demo")
     assert smoke.data.max_seeds < (demo.data.max_seeds or 10**9)
     assert smoke.train.epochs <= demo.train.epochs
+    assert 0 < smoke.heal.steps <= demo.heal.steps
 
 
 def test_override_types_are_parsed_as_yaml():

@@ -94,7 +94,7 @@ def test_metrics_hold_before_and_after(smoke_run):
         assert 0.0 <= s["key_point_recall"] <= 1.0
     assert m["eval"]["before"] != m["eval"]["after"]  # training changed the student
     first = m["iterations"][0]
-    assert first["train"]["steps"] == 4 * math.ceil(first["teacher_ok"] / 2)  # 4 epochs, batch 2
+    assert first["train"]["steps"] == 2 * math.ceil(first["teacher_ok"] / 2)  # 2 epochs, batch 2
     assert m["train"]["steps"] == sum(i["train"]["steps"] for i in m["iterations"])
     d = m["data"]
     assert d["train_pool"] == 8 + d["synthesized"] and first["teacher_ok"] + first["teacher_failed"] == d["train_pool"]
@@ -304,6 +304,10 @@ def test_scaffolded_pack_runs_with_pack_path(tmp_path):
     # the last iteration's generation is skipped (nothing would train on it), and the metrics say so
     assert not (Path(result.run_dir) / "iter_00/generated.jsonl").exists()
     assert result.metrics["iterations"][0]["generation"]["skipped"] and result.metrics["data"]["generated"] == 0
+    # one more iteration on resume: iteration 0 generates then, iteration 1 trains on it, and the ending is redone
+    more = sdk.resume(result.run_dir, set=["adversarial.iterations=2"])
+    assert (Path(result.run_dir) / "iter_00/generated.jsonl").is_file() and len(more.metrics["iterations"]) == 2
+    assert not more.metrics["iterations"][0]["generation"].get("skipped") and more.metrics["iterations"][1]["generation"]["skipped"]
 
 
 def test_budget_stops_the_run_cleanly_and_resume_finishes_it(tmp_path, capsys):
@@ -370,12 +374,12 @@ def test_report_has_every_section_and_is_self_contained(smoke_run):
     root = Path(result.run_dir)
     text = (root / "report.html").read_text()
     page = Page(text)
-    for heading in ("Recipe", "Held-out domain metrics", "The loop, per iteration", "Forgetting check", "Training", "Sample instructions", "Provenance: corpus chunks", "metrics.json"):
+    for heading in ("Recipe", "Held-out domain metrics", "The student: pruning and healing", "The loop, per iteration", "Forgetting check", "Training", "Sample instructions", "Provenance: corpus chunks", "metrics.json"):
         assert any(h.startswith(heading) for h in page.headings), (heading, page.headings)
     assert "run finished" in text
     assert not page.external  # opens offline: no scripts, stylesheets or images from elsewhere
-    # four plots: domain metrics, the loop, forgetting deltas, loss curves; each a real PNG
-    assert len(page.images) == 4
+    # six plots: domain metrics, layer scores, healing loss, the loop, forgetting deltas, loss curves; each a real PNG
+    assert len(page.images) == 6
     for src in page.images:
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     # the recipe, the per-iteration domain rows, the forgetting verdict and its tasks

@@ -11,9 +11,10 @@ never the held-out set), with the hidden state h_l entering layer l and h_{l+1} 
   every_k          layers 0, k, 2k, ... (kept for comparison)
   keep_layers      an explicit list (overrides the method)
 
-Whatever the method, the first and the last layer are kept unless `keep_layers` says otherwise: SmolLM2's
-last layer changes the hidden state more than any other (BI 0.86 against 0.03-0.06 for most), and a student
-without it starts worse than a uniform guess (docs/pruning.md has the measurements).
+Whatever the method, the first and the last layer are kept unless `keep_layers` says otherwise: on the
+medicine corpus SmolLM2's first layer has BI 0.996 and its last 0.28 (0.86 if the final norm is counted in),
+against 0.02-0.06 for most middle layers, and a student without its last layer starts worse than a uniform
+guess (docs/pruning.md has the measurements).
 
 The hidden states are read with forward hooks on the decoder layers, before the final norm, so the last
 layer is scored on its own output.
