@@ -316,7 +316,7 @@ def verdict(rows: list[dict]) -> str:
 def print_table(results: dict[str, list[dict]], args, first_prompt: str, first_teacher: str) -> None:
     sft_step = statistics.fmean(r["time_per_step"] for r in results["sft"]) if "sft" in results else None
     print(f"\n{args.steps} optimizer steps per recipe, seeds {args.seeds}, {args.train_size} training and {args.max_eval} held-out medicine prompts; "
-          f"student: the default (angular 20 of 30 layers) healed {args.heal_steps} steps; sft lr {args.sft_lr}, other objectives at their recipe defaults")  # fmt: skip
+          f"student: the default ({record['prune']['method']}, {len(record['prune']['kept'])} of {record['prune']['base_layers']} layers) healed {args.heal_steps} steps; sft lr {args.sft_lr}, other objectives at their recipe defaults")  # fmt: skip
     print(f"{'recipe':<11} {'KL':>15} {'top1':>15} {'distinct':>13} {'min_distinct':>12} {'looping':>7} {'empty':>6} "
           f"{'rougeL':>15} {'loglik':>15} {'keypoints':>15} {'relative %':>15} {'step_vs_sft':>11}")  # fmt: skip
     for name, rows in results.items():
