@@ -372,7 +372,8 @@ class Pipeline:
         if self.white_box_teacher():
             from sdk.evaluate.fidelity import perplexity
 
-            summary["domain_ppl"] = perplexity(self.teacher.model, self.teacher.tokenizer, self.heldout_texts())["ppl"] if self.heldout_texts() else None
+            heldout = self.heldout_texts()
+            summary["domain_ppl"] = perplexity(self.teacher.model, self.teacher.tokenizer, heldout)["ppl"] if heldout else None
         return [path, self.store.write_json("eval/teacher.json", {"summary": summary})]
 
     def fidelity_start(self) -> float | None:
@@ -397,7 +398,8 @@ class Pipeline:
         result = fidelity(self.teacher.model, student.model, student.tokenizer, [self.teacher.render(c) for c in convs], [r["answer"] for r in teacher_rows])
         summary = {k: result["summary"][k] for k in ("kl_per_token", "top1_agreement", "student_ppl")}
         summary["kl_gap_closed"] = gap_closed(self.fidelity_start(), summary["kl_per_token"])
-        summary["domain_ppl"] = perplexity(student.model, student.tokenizer, self.heldout_texts())["ppl"] if self.heldout_texts() else None
+        heldout = self.heldout_texts()
+        summary["domain_ppl"] = perplexity(student.model, student.tokenizer, heldout)["ppl"] if heldout else None
         return summary
 
     def evaluate_student(self, student_path: Path | None, tag: str, answers_rel: str, referee_rel: str, summary_rel: str) -> list[Path]:

@@ -12,6 +12,7 @@ from sdk.models.base import ChatBackend
 from sdk.packs import resolve_pack
 from sdk.store import Journal
 from tests.conftest import TINY_PACKS
+from tests.test_adversarial import DISTINCT, EASY, HARD, _rows
 
 
 class CannedGenerator(ChatBackend):
@@ -32,12 +33,6 @@ class CannedGenerator(ChatBackend):
         return out
 
 
-def _rows(prefix, texts):
-    return [{"id": f"{prefix}{i}", "instruction": t, "provenance": {"document": "doc.md", "chunk_id": f"c{i}"}} for i, t in enumerate(texts)]
-
-
-HARD = _rows("h", ["Calculate the dose of amoxicillin for a 20 kg child at 25 mg/kg.", "Compare type 1 and type 2 diabetes in adults."])
-EASY = _rows("e", ["Explain what a fever is.", "Explain why people should wash their hands."])
 # in the cache pool but in neither split: not sampled for refereeing, no teacher answer, or an unparsed verdict
 NEITHER = _rows("n", [
     "Describe the stages of wound healing after a small cut.",
@@ -46,21 +41,7 @@ NEITHER = _rows("n", [
     "How is iron-deficiency anaemia treated in pregnancy?",
 ])  # fmt: skip
 CACHE = HARD + EASY + NEITHER
-NEW = [
-    "Outline the first-line treatment of high blood pressure during pregnancy.",
-    "How should a patient use a spacer with a metered-dose asthma inhaler?",
-    "Which dietary changes lower the risk of calcium oxalate kidney stones?",
-    "List common migraine triggers and a sensible headache diary for tracking them.",
-    "Interpret a raised TSH with a normal free T4 in a tired woman of 40.",
-    "Calculate the elemental iron in two 200 mg ferrous sulfate tablets.",
-    "Describe how obstructive sleep apnoea is diagnosed with overnight oximetry.",
-    "Advise a man with an acute gout flare who already takes allopurinol.",
-    "Draft a leaflet for parents on treating head lice with wet combing.",
-    "Classify these sunburn cases by severity: redness only, blistering, fever with blistering.",
-    "Summarise the warning signs of meningitis in teenagers.",
-    "Explain why vitamin B12 deficiency can cause numbness in the feet.",
-    "Compare paracetamol and ibuprofen for back pain in older adults.",
-    "What does a positive nitrite test on urine dipstick suggest?",
+NEW = DISTINCT + [
     "Plan the follow-up of a child after a first febrile seizure.",
     "Which vaccines should an adult with no spleen receive?",
 ]

@@ -122,14 +122,16 @@ def _summary(items: list[dict]) -> dict:
 
 def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 4, max_length: int = 512) -> dict:
     """Token-weighted perplexity of a model on plain texts (each scored from its second token on)."""
+    import torch
+
     nll, count = 0.0, 0
     device = next(model.parameters()).device
     for chunk in _batches([t for t in texts if t and t.strip()], batch_size):
         input_ids, attention, mask = _encode(tokenizer, [""] * len(chunk), chunk, device, max_length)
-        logits = _vocab(_logits(model, input_ids, attention), len(tokenizer))
-        sums = token_divergence(logits[:, :-1], logits[:, :-1], input_ids[:, 1:], mask[:, 1:])
-        nll += sum(sums["student_nll"])
-        count += int(sum(sums["tokens"]))
+        logp = torch.log_softmax(_vocab(_logits(model, input_ids, attention), len(tokenizer))[:, :-1].float(), dim=-1)
+        m = mask[:, 1:].float()
+        nll += float((-logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1) * m).sum())  # -log p(x_t+1 | x_<=t)
+        count += int(m.sum())
     return {"ppl": round(math.exp(nll / count), 3) if count else None, "tokens": count}
 
 

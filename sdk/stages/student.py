@@ -125,6 +125,7 @@ def run(models: ModelsSettings, heal: HealSettings, seed: int, inputs: StudentIn
         log(f"reusing the healed student from the cache: {target} (key {key}; same teacher, pruning, corpus, heal settings and seed)")
     else:
         def build(out: Path) -> None:
+            from sdk.train.common import latest_checkpoint
             from sdk.train.heal import heal_texts, heal_trainer
 
             n_general = round(heal.steps * heal.batch_size * heal.general_fraction)
@@ -132,7 +133,7 @@ def run(models: ModelsSettings, heal: HealSettings, seed: int, inputs: StudentIn
             texts = heal_texts(inputs.train_chunks, general, heal, seed)
             log(f"healing the student: {heal.steps} steps of {'forward KL' if heal.beta == 0 else f'generalized JSD (beta {heal.beta})'} on {len(texts)} sequences ({len(inputs.train_chunks)} corpus chunks, {len(general)} general texts)")
             trainer = heal_trainer(model, teacher.model, tokenizer, texts, heal, out.parent / f".{key}.work", seed)
-            result = trainer.train(resume_from_checkpoint=_latest(out.parent / f".{key}.work"))
+            result = trainer.train(resume_from_checkpoint=latest_checkpoint(out.parent / f".{key}.work"))
             history = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
             _save(trainer.model, tokenizer, out, record["prune"])
             (out / "heal.json").write_text(json.dumps({"steps": trainer.state.global_step, "train_loss": round(result.training_loss, 4), "runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
@@ -149,12 +150,6 @@ def run(models: ModelsSettings, heal: HealSettings, seed: int, inputs: StudentIn
         record["after_heal"] = measure(teacher.model, healed, tokenizer, inputs)
         log(f"student after healing: KL {record['after_heal']['kl_per_token']} nats/token, top-1 {record['after_heal']['top1_agreement']}, domain ppl {record['after_heal']['domain_ppl']}")
     return record
-
-
-def _latest(work_dir: Path) -> Optional[str]:
-    from sdk.train.common import latest_checkpoint
-
-    return latest_checkpoint(work_dir)
 
 
 def _save(model, tokenizer, out: Path, prune: Optional[dict] = None) -> None:
