@@ -283,7 +283,7 @@ class Pipeline:
             eval_prompts=[self.teacher.render(c) for c in convs] if white_box else [],
             eval_answers=[r["answer"] for r in teacher_rows] if white_box else [],
         )
-        record = student_stage.run(self.recipe.models, self.recipe.heal, self.recipe.seed, inputs, self.teacher if white_box else None, self.teacher_name(), private_dir=self.store.path("student_init"))
+        record = student_stage.run(self.recipe.models, self.recipe.heal, self.recipe.seed, inputs, self.teacher if white_box else None, self.teacher_name(), private_dir=self.store.path("student_init"), train=self.recipe.train)
         return [self.store.write_json(student_stage.RECORD, record)]
 
     def embedder(self):

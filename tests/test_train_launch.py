@@ -57,3 +57,34 @@ def test_launch_commands(tmp_path):
     assert written["deepspeed_config"]["deepspeed_config_file"].endswith("configs/deepspeed/zero3.json")
     with pytest.raises(Exception, match="launcher.config"):
         load_recipe("smoke", overrides=["train.launcher.kind=accelerate"])
+
+
+def test_heal_runs_as_a_launched_two_process_zero3_job(tmp_path, monkeypatch):
+    """The `student` stage heals under train.launcher like the training stages: the parent prunes, the job heals."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sdk.config import GenerationSettings, HealSettings, ModelSpec, ModelsSettings, TrainSettings
+    from sdk.models.local import LocalChatModel
+    from sdk.stages import student as student_stage
+    from sdk.train import heal as heal_module
+
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    path = tiny_model_dir(tmp_path / "teacher", layers=6, seed=1)
+    teacher = LocalChatModel(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), "tiny teacher", GenerationSettings(max_new_tokens=4))
+    hf = ModelSpec(provider="hf", name_or_path=str(path))
+    models = ModelsSettings(teacher=hf, referee=hf, generator=hf, student=ModelSpec(provider="pruned", base="teacher", num_layers=4, calibration_chunks=4, calibration_tokens=32))
+    texts = ["Hypertension is persistently raised blood pressure.", "Sepsis is organ dysfunction caused by infection.", "Asthma narrows the airways.", "Insulin lowers blood glucose."]
+    inputs = student_stage.StudentInputs(texts, texts[:1], [teacher.render([{"role": "user", "content": "What is sepsis?"}])], ["An infection response."])
+    train = TrainSettings(launcher={"kind": "accelerate", "config": "zero3.yaml", "num_processes": 2})
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("the parent process healed the student itself")
+
+    monkeypatch.setattr(heal_module, "heal", not_here)  # the in-process path
+    record = student_stage.run(models, HealSettings(steps=3, batch_size=2, max_length=32, general_fraction=0.0, warmup_ratio=0.0), 0, inputs, teacher, "tiny teacher", train=train)
+
+    assert record["heal"]["processes"] == 2 and record["heal"]["deepspeed"] and record["heal"]["steps"] == 3, record["heal"]
+    assert all(math.isfinite(h["loss"]) for h in record["heal"]["loss_history"])
+    healed = AutoModelForCausalLM.from_pretrained(record["path"])  # ZeRO-3 gathered the shards: whole and pruned
+    assert healed.config.num_hidden_layers == 4 and all(bool(p.isfinite().all()) for p in healed.parameters())
+    assert record["after_heal"]["kl_per_token"] is not None and json.loads((tmp_path / "cache" / "students" / record["key"] / "prune.json").read_text())["kept"] == record["prune"]["kept"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from sdk.config import HealSettings, ModelsSettings
+from sdk.config import HealSettings, ModelsSettings, Recipe, TrainSettings
 from sdk.progress import log
 
 RECORD = "student_init.json"
@@ -71,12 +71,17 @@ def general_texts(teacher, tokenizer, n: int, seed: int) -> list[str]:
     return [tokenizer.apply_chat_template(c + [{"role": "assistant", "content": a}], tokenize=False) for c, a in zip(convs, answers) if a.strip()]
 
 
-def run(models: ModelsSettings, heal: HealSettings, seed: int, inputs: StudentInputs, teacher, teacher_name: str, private_dir: Optional[Path] = None) -> dict:
+def run(
+    models: ModelsSettings, heal: HealSettings, seed: int, inputs: StudentInputs, teacher, teacher_name: str,
+    private_dir: Optional[Path] = None, train: Optional[TrainSettings] = None,
+) -> dict:  # fmt: skip
     """Prune (when the student is `pruned`), heal (when heal.steps > 0 and the teacher is local), measure.
 
     `teacher` is the loaded teacher chat model (LocalChatModel), or None for an endpoint teacher.
     With heal.cache false the student is built in `private_dir` (the run's own folder) instead of the
-    shared cache. Returns the record written to student_init.json.
+    shared cache. With `train` whose launcher is accelerate or deepspeed, healing runs as a launched
+    job under that launcher and train.deepspeed, like the training stages. Returns the record written
+    to student_init.json.
     """
     from sdk.models import describe, load_local
     from sdk.models.prune import choose_layers, prune_layers, target_layers
@@ -125,20 +130,24 @@ def run(models: ModelsSettings, heal: HealSettings, seed: int, inputs: StudentIn
         log(f"reusing the healed student from the cache: {target} (key {key}; same teacher, pruning, corpus, heal settings and seed)")
     else:
         def build(out: Path) -> None:
-            from sdk.train.common import latest_checkpoint
-            from sdk.train.heal import heal_texts, heal_trainer
+            from sdk.train.heal import RECORD_FILE, heal_texts
 
             n_general = round(heal.steps * heal.batch_size * heal.general_fraction)
             general = general_texts(teacher, tokenizer, min(n_general, GENERAL_MAX), seed) if n_general else []  # cycled to fill the share
             texts = heal_texts(inputs.train_chunks, general, heal, seed)
             log(f"healing the student: {heal.steps} steps of {'forward KL' if heal.beta == 0 else f'generalized JSD (beta {heal.beta})'} on {len(texts)} sequences ({len(inputs.train_chunks)} corpus chunks, {len(general)} general texts)")
-            trainer = heal_trainer(model, teacher.model, tokenizer, texts, heal, out.parent / f".{key}.work", seed)
-            result = trainer.train(resume_from_checkpoint=latest_checkpoint(out.parent / f".{key}.work"))
-            history = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
-            _save(trainer.model, tokenizer, out, record["prune"])
-            (out / "heal.json").write_text(json.dumps({"steps": trainer.state.global_step, "train_loss": round(result.training_loss, 4), "runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
-                                                       "loss_history": history, "sequences": len(texts), "corpus_chunks": len(inputs.train_chunks), "general_texts": len(general)}))  # fmt: skip
-            shutil.rmtree(out.parent / f".{key}.work", ignore_errors=True)
+            work = out.parent / f".{key}.work"  # checkpoints: a killed build resumes here
+            if train is not None and train.launcher.kind != "local":
+                _heal_launched(Recipe(models=models, heal=heal, train=train, seed=seed), model, tokenizer, teacher.model, work, out, texts)
+            else:
+                from sdk.train.heal import heal as heal_student
+
+                heal_student(model, teacher.model, tokenizer, texts, heal, work / "checkpoints", out, seed)
+            info = json.loads((out / RECORD_FILE).read_text())
+            (out / RECORD_FILE).write_text(json.dumps(dict(info, corpus_chunks=len(inputs.train_chunks), general_texts=len(general))))
+            if record["prune"]:
+                (out / "prune.json").write_text(json.dumps(record["prune"], indent=2))
+            shutil.rmtree(work, ignore_errors=True)
 
         target = _build(target, heal.cache, build)
     record["path"], record["key"] = str(target), key
@@ -150,6 +159,24 @@ def run(models: ModelsSettings, heal: HealSettings, seed: int, inputs: StudentIn
         record["after_heal"] = measure(teacher.model, healed, tokenizer, inputs)
         log(f"student after healing: KL {record['after_heal']['kl_per_token']} nats/token, top-1 {record['after_heal']['top1_agreement']}, domain ppl {record['after_heal']['domain_ppl']}")
     return record
+
+
+def _heal_launched(recipe: Recipe, student, tokenizer, teacher_model, work: Path, out: Path, texts: list[str]) -> None:
+    """Hand the pruned student to a launched heal job (sdk.train.launch); while it runs, this process keeps
+    no model on the GPU."""
+    from sdk.train.launch import launch_heal
+
+    init = work / "pruned"
+    if not (init / ".complete").is_file():  # a resumed build reuses the pruned student it saved
+        shutil.rmtree(init, ignore_errors=True)
+        _save(student, tokenizer, init)
+        (init / ".complete").write_text("ok\n")
+    device = teacher_model.device
+    teacher_model.to("cpu")
+    try:
+        launch_heal(recipe, work, init, out, texts)
+    finally:
+        teacher_model.to(device)
 
 
 def _save(model, tokenizer, out: Path, prune: Optional[dict] = None) -> None:

@@ -80,8 +80,6 @@ def resolve_config_file(value: Optional[str], folder: str) -> Optional[str]:
 def training_args_kwargs(settings: TrainSettings, seed: int, learning_rate: Optional[float] = None) -> dict:
     """Arguments every TRL config takes (they all extend transformers.TrainingArguments); an objective
     with its own learning rate (dpo, rlaif, kd when set) passes it."""
-    import torch
-
     return dict(
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps,
@@ -96,15 +94,26 @@ def training_args_kwargs(settings: TrainSettings, seed: int, learning_rate: Opti
         save_steps=settings.save_steps,
         save_total_limit=1,
         report_to="none",
-        bf16=use_bf16(settings.bf16) and (torch.cuda.is_available() or not settings.deepspeed),  # DeepSpeed's CPU accelerator runs fp32
-        fp16=False,
-        use_cpu=not torch.cuda.is_available() and not settings.deepspeed,  # DeepSpeed on CPU runs through DS_ACCELERATOR=cpu
         activation_checkpointing=settings.gradient_checkpointing,  # transformers 5 name; TRL would default it on
-        deepspeed=resolve_config_file(settings.deepspeed, "deepspeed"),
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        **device_kwargs(settings.bf16, settings.deepspeed),
+    )
+
+
+def device_kwargs(bf16: str, deepspeed: Optional[str]) -> dict:
+    """Precision and device arguments of a TrainingArguments: bf16 where the hardware has it, DeepSpeed
+    when a ZeRO config is given (on CPU through DS_ACCELERATOR=cpu, which runs fp32)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return dict(
+        bf16=use_bf16(bf16) and (cuda or not deepspeed),
+        fp16=False,
+        use_cpu=not cuda and not deepspeed,
+        deepspeed=resolve_config_file(deepspeed, "deepspeed"),
         **({"accelerator_config": {"use_configured_state": True}} if _CONFIGURED_STATE else {}),
     )
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from sdk.config import HealSettings
-from sdk.train.common import use_bf16
+from sdk.store import atomic_write_json, atomic_write_jsonl, read_jsonl
+from sdk.train.common import barrier, device_kwargs, full_weights, is_main_process, run_trainer, save_stage_output
 
 
 def heal_texts(chunks: Sequence[str], general: Sequence[str], settings: HealSettings, seed: int) -> list[str]:
@@ -52,13 +53,19 @@ def _trainer_class():
     import torch
     from trl import SFTTrainer
     from trl.experimental.gkd import GKDTrainer
+    from trl.models import prepare_deepspeed
 
     class HealTrainer(SFTTrainer):
         """SFTTrainer on plain text whose loss is the divergence to a frozen teacher's logits."""
 
         def __init__(self, *args, teacher_model=None, beta: float = 0.0, temperature: float = 1.0, **kwargs):
             super().__init__(*args, **kwargs)
-            self.teacher_model = teacher_model.to(self.args.device).eval()
+            # as GKDTrainer does: under DeepSpeed the teacher is sharded too (ZeRO-3), else placed for inference
+            if self.is_deepspeed_enabled:
+                self.teacher_model = prepare_deepspeed(teacher_model, self.accelerator)
+            else:
+                self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+            self.teacher_model.eval()
             self.beta, self.temperature = beta, temperature
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -76,9 +83,11 @@ def _trainer_class():
     return HealTrainer
 
 
-def heal_trainer(student, teacher, tokenizer, texts: list[str], settings: HealSettings, work_dir: Path, seed: int):
-    """A ready-to-train HealTrainer: one pass over `texts` (steps * batch_size sequences)."""
-    import torch
+def heal_trainer(student, teacher, tokenizer, texts: list[str], settings: HealSettings, work_dir: Path, seed: int, deepspeed: Optional[str] = None):
+    """A ready-to-train HealTrainer: one pass over `texts` (steps * batch_size sequences).
+
+    `deepspeed` is the ZeRO config of a launched job (train.deepspeed), None in this process.
+    """
     from datasets import Dataset
     from trl import SFTConfig
 
@@ -91,19 +100,67 @@ def heal_trainer(student, teacher, tokenizer, texts: list[str], settings: HealSe
         per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
         lr_scheduler_type="cosine",
-        warmup_steps=settings.warmup_ratio,
+        warmup_steps=settings.warmup_ratio,  # a float < 1 is a fraction of the total steps
         logging_steps=max(1, settings.steps // 20),
         save_strategy="steps",
         save_steps=max(10, settings.steps // 4),
         save_total_limit=1,
         report_to="none",
-        bf16=use_bf16(settings.bf16),
-        use_cpu=not torch.cuda.is_available(),
         activation_checkpointing=False,  # TRL's SFTConfig turns it on; a small student trains faster without
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        **device_kwargs(settings.bf16, deepspeed),
     )
     data = Dataset.from_list([{"text": t} for t in texts])
     return _trainer_class()(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tokenizer, beta=settings.beta, temperature=settings.temperature)
+
+
+def heal(student, teacher, tokenizer, texts: list[str], settings: HealSettings, work_dir: Path, out_dir: Path, seed: int, deepspeed: Optional[str] = None) -> dict:
+    """Train, resuming from work_dir's newest checkpoint; save the healed student to out_dir; return its record.
+
+    Every rank of a launched job calls this (ZeRO-3 gathers the sharded weights for the save); rank 0
+    writes out_dir/heal.json.
+    """
+    trainer = heal_trainer(student, teacher, tokenizer, texts, settings, work_dir, seed, deepspeed)
+    metrics = run_trainer(trainer, work_dir)
+    save_stage_output(trainer, tokenizer, out_dir)
+    record = {
+        "steps": metrics["steps"], "train_loss": metrics["train_loss"], "runtime_s": metrics["runtime_s"], "loss_history": metrics["loss_history"],
+        "sequences": len(texts), "processes": trainer.accelerator.num_processes, "deepspeed": bool(deepspeed),
+    }  # fmt: skip
+    if is_main_process():
+        atomic_write_json(Path(out_dir) / RECORD_FILE, record)
+    barrier()
+    return record
+
+
+# a launched heal: the parent writes the request and the texts, `python -m sdk.train.worker --task heal` trains
+
+REQUEST_FILE = "heal_request.json"
+TEXTS_FILE = "heal_texts.jsonl"
+RECORD_FILE = "heal.json"
+
+
+def write_heal_request(job_dir: Path, init: Path, out_dir: Path, texts: list[str], settings: HealSettings, seed: int) -> None:
+    job_dir = Path(job_dir)
+    atomic_write_jsonl(job_dir / TEXTS_FILE, [{"text": t} for t in texts])
+    atomic_write_json(job_dir / REQUEST_FILE, {"init": str(Path(init).resolve()), "out_dir": str(Path(out_dir).resolve()), "heal": settings.model_dump(), "seed": seed})
+
+
+def run_heal_request(job_dir: Path, recipe) -> None:
+    """One rank of a launched heal: the pruned student from the request's init folder, the teacher from the recipe."""
+    import json
+
+    from sdk.models import load_local
+    from sdk.models.student import load_student_model
+
+    job_dir = Path(job_dir)
+    request = json.loads((job_dir / REQUEST_FILE).read_text())
+    with full_weights():
+        student, tokenizer = load_student_model(request["init"])
+        teacher, _ = load_local(recipe.models.teacher, recipe.models)
+    texts = [row["text"] for row in read_jsonl(job_dir / TEXTS_FILE)]
+    settings = HealSettings.model_validate(request["heal"])
+    heal(student, teacher, tokenizer, texts, settings, job_dir / "checkpoints", Path(request["out_dir"]), request["seed"], recipe.train.deepspeed)

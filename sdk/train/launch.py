@@ -7,6 +7,10 @@
 The parent writes the recipe (train_recipe.yaml) and the request (train_request.json) into iter_dir, waits
 for the job, and reads back train_metrics.json. It never loads the student. Without CUDA the job runs
 DeepSpeed's CPU accelerator (DS_ACCELERATOR=cpu) over gloo.
+
+Healing the pruned student (the `student` stage) launches the same way, as `--task heal`: the request is
+heal_request.json (the pruned student's folder, the output folder, the heal settings and seed) with the
+texts in heal_texts.jsonl, and the job writes the healed student and its heal.json.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ RECIPE_FILE = "train_recipe.yaml"
 REQUEST_FILE = "train_request.json"
 
 
-def worker_args(iter_dir: Path) -> list[str]:
-    return ["-m", "sdk.train.worker", "--iter-dir", str(Path(iter_dir).resolve())]
+def worker_args(iter_dir: Path, task: str = "train") -> list[str]:
+    return ["-m", "sdk.train.worker", *(["--task", task] if task != "train" else []), "--iter-dir", str(Path(iter_dir).resolve())]
 
 
 def shipped_path(value: str) -> str:
@@ -66,7 +70,7 @@ def accelerate_config(recipe: Recipe, iter_dir: Path) -> tuple[Path, Optional[st
     return copy, ds
 
 
-def launch_command(recipe: Recipe, iter_dir: Path) -> list[str]:
+def launch_command(recipe: Recipe, iter_dir: Path, task: str = "train") -> list[str]:
     launcher = recipe.train.launcher
     if launcher.kind == "accelerate":
         config, _ = accelerate_config(recipe, iter_dir)
@@ -75,7 +79,7 @@ def launch_command(recipe: Recipe, iter_dir: Path) -> list[str]:
         head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(launcher.num_processes)]
     else:
         raise DistilleryError(f"train.launcher.kind '{launcher.kind}' does not launch a job")
-    return head + list(launcher.extra_args) + worker_args(iter_dir)
+    return head + list(launcher.extra_args) + worker_args(iter_dir, task)
 
 
 def job_env() -> dict:
@@ -111,19 +115,44 @@ def first_error(log_path: Path) -> str:
     return (lines[-1] if lines else "no output")[:400]
 
 
-def launch_stages(recipe: Recipe, iter_dir: Path, init: Optional[Path], out_dir: Path, system_prompt: str, use_pack_verifiers: bool = False) -> dict:
-    """Run the stages in a launched job and return its metrics (train_metrics.json)."""
-    iter_dir = Path(iter_dir)
+def with_launcher_deepspeed(recipe: Recipe, iter_dir: Path) -> Recipe:
+    """The trainers take the ZeRO config from the recipe; keep it the one accelerate starts."""
     if recipe.train.launcher.kind == "accelerate" and not recipe.train.deepspeed:
         _, ds = accelerate_config(recipe, iter_dir)
-        if ds:  # the trainers take the ZeRO config from the recipe; keep it the one accelerate starts
-            recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"deepspeed": ds})})
-    write_request(recipe, iter_dir, init, out_dir, system_prompt, use_pack_verifiers)
-    command = launch_command(recipe, iter_dir)
+        if ds:
+            return recipe.model_copy(update={"train": recipe.train.model_copy(update={"deepspeed": ds})})
+    return recipe
+
+
+def run_job(recipe: Recipe, iter_dir: Path, task: str = "train") -> None:
+    """Launch the worker for `task` on iter_dir (its recipe and request already written) and wait for it."""
+    command = launch_command(recipe, iter_dir, task)
     log(f"[bold cyan]launch[/bold cyan] {' '.join(command)}")
-    log_path = iter_dir / "train_launch.log"
+    log_path = Path(iter_dir) / f"{task}_launch.log"
     with open(log_path, "a", encoding="utf-8") as out:
         code = subprocess.run(command, env=job_env(), stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd()).returncode
     if code != 0:
-        raise DistilleryError(f"the launched training job exited with status {code}: {first_error(log_path)} (full log: {log_path})")
+        raise DistilleryError(f"the launched {task} job exited with status {code}: {first_error(log_path)} (full log: {log_path})")
+
+
+def launch_stages(recipe: Recipe, iter_dir: Path, init: Optional[Path], out_dir: Path, system_prompt: str, use_pack_verifiers: bool = False) -> dict:
+    """Run the stages in a launched job and return its metrics (train_metrics.json)."""
+    iter_dir = Path(iter_dir)
+    recipe = with_launcher_deepspeed(recipe, iter_dir)
+    write_request(recipe, iter_dir, init, out_dir, system_prompt, use_pack_verifiers)
+    run_job(recipe, iter_dir, "train")
     return json.loads((iter_dir / "train_metrics.json").read_text())
+
+
+def launch_heal(recipe: Recipe, job_dir: Path, init: Path, out_dir: Path, texts: list[str]) -> dict:
+    """Heal the pruned student in `init` in a launched job (recipe.heal, the teacher from recipe.models);
+    the healed student lands in out_dir. Returns its record (out_dir/heal.json)."""
+    from sdk.train.heal import RECORD_FILE, write_heal_request
+
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    recipe = with_launcher_deepspeed(recipe, job_dir)
+    atomic_write_text(job_dir / RECIPE_FILE, recipe.to_yaml())
+    write_heal_request(job_dir, init, out_dir, texts, recipe.heal, recipe.seed)
+    run_job(recipe, job_dir, "heal")
+    return json.loads((Path(out_dir) / RECORD_FILE).read_text())

@@ -1,7 +1,8 @@
-"""One rank of a launched training job: `python -m sdk.train.worker --iter-dir DIR`.
+"""One rank of a launched training job: `python -m sdk.train.worker [--task heal] --iter-dir DIR`.
 
 Reads iter_dir/train_recipe.yaml and iter_dir/train_request.json (written by sdk.train.launch), runs
 the recipe's stages on iter_dir's data and writes the student and train_metrics.json (rank 0).
+With --task heal it reads heal_request.json instead and heals a pruned student (sdk.train.heal).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sdk.train.worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--iter-dir", required=True, type=Path, help="the iteration folder holding the data and the request")
+    parser.add_argument("--task", choices=["train", "heal"], default="train", help="train: the recipe's training stages; heal: heal a pruned student (sdk.train.heal)")
+    parser.add_argument("--iter-dir", required=True, type=Path, help="the job folder holding the recipe, the request and the data")
     return parser
 
 
@@ -29,14 +31,18 @@ def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
     iter_dir = args.iter_dir
     recipe = validate_recipe(yaml.safe_load((iter_dir / RECIPE_FILE).read_text()), str(iter_dir / RECIPE_FILE))
+    quiet_libraries()
+    start_cpu_deepspeed(recipe.train)
+    if args.task == "heal":
+        from sdk.train.heal import run_heal_request
+
+        return run_heal_request(iter_dir, recipe)
     request = json.loads((iter_dir / REQUEST_FILE).read_text())
     verifier = None
     if request.get("use_pack_verifiers") and recipe.domain:
         from sdk.packs import resolve_pack
 
         verifier = resolve_pack(recipe.domain, recipe.pack_paths).run_verifiers
-    quiet_libraries()
-    start_cpu_deepspeed(recipe.train)
     init = Path(request["init"]) if request.get("init") else None
     run_stages(recipe, iter_dir, init, Path(request["out_dir"]), request["system_prompt"], verifier)
 
