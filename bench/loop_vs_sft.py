@@ -57,6 +57,7 @@ METRICS = [
 def run_one(name: str, seed: int, args, extra: dict) -> dict:
     """One whole distillation run; returns the per-seed values the table needs."""
     import sdk
+    from sdk.store import RunLayout
 
     run_dir = args.work_dir / f"{name}-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)  # distill() refuses a folder that already holds a run
@@ -66,15 +67,16 @@ def run_one(name: str, seed: int, args, extra: dict) -> dict:
     wall = time.perf_counter() - start
     if result.status != "finished":
         raise SystemExit(f"{name} seed {seed}: the run {result.status} ({run_dir}/manifest.json says why)")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    layout = RunLayout(run_dir)
+    metrics = json.loads(layout.metrics.read_text())
     after = metrics["eval"]["after"]
     row = {"seed": seed, "run_dir": str(run_dir), "wall_s": round(wall, 1), "labelled": metrics["data"]["teacher_ok"], "generated": metrics["data"]["generated"]}
     row.update({key: after.get(key) for _, key, _ in METRICS})
     row["hard_ratio"] = [it["discrimination"].get("hard_ratio") for it in metrics["iterations"]]
-    answers = [json.loads(line) for line in (run_dir / "eval" / "student_after.jsonl").read_text().splitlines() if line.strip()]
+    answers = [json.loads(line) for line in layout.eval.student_after.read_text().splitlines() if line.strip()]
     row["answers"] = [a.get("answer") for a in answers[:3]]  # a look at what the student says
     if not args.keep_models:  # the run's artifacts stay for auditing; the weights (hundreds of MB each) go
-        for model_dir in [run_dir / "student", *run_dir.glob("iter_*/student")]:
+        for model_dir in [layout.student, *(it.student for it in layout.iterations())]:
             shutil.rmtree(model_dir, ignore_errors=True)
     return row
 

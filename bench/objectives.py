@@ -84,7 +84,7 @@ def prepare(data_dir: Path, pack, teacher, system: str, train_size: int, max_eva
 
     Cached in data_dir per size and answer length; rows as the pipeline writes them to teacher.jsonl.
     """
-    from sdk.evaluate.domain import answer_conversations, clean_answer
+    from sdk.models.chat import answer_conversations, clean_answer
     from sdk.store import atomic_write_jsonl, read_jsonl
 
     train_file, eval_file = data_dir / f"teacher-{train_size}-{max_new}.jsonl", data_dir / f"eval_teacher-{max_eval}-{max_new}.jsonl"
@@ -115,7 +115,7 @@ def build_student(pack, models, teacher, system: str, eval_prompts: list[str], e
     ingest(pack.corpus_dir(), index_dir, IndexSettings(chunk_size=r.chunk_size, chunk_overlap=r.chunk_overlap))
     train_chunks, held = split_chunks(read_jsonl(index_dir / "chunks.jsonl"))
     inputs = student_stage.StudentInputs([c["text"] for c in train_chunks], [c["text"] for c in held][:heldout], eval_prompts, eval_answers)
-    record = student_stage.run(models, HealSettings(steps=heal_steps), 0, inputs, teacher, describe(models.teacher, models))
+    record = student_stage.build(student_stage.StudentSettings(models, HealSettings(steps=heal_steps), 0), inputs, teacher, describe(models.teacher, models))
     if not record.get("path"):
         raise SystemExit(f"the student stage built no folder for {record['student']}")
     return record
@@ -131,7 +131,7 @@ def load_student(folder, device):
 
 
 def generate(model, tok, generation, system_prompt: str, instructions: list[str], max_new_tokens: int) -> list[str]:
-    from sdk.evaluate.domain import answer_conversations, clean_answer
+    from sdk.models.chat import answer_conversations, clean_answer
     from sdk.models.local import LocalChatModel
 
     settings = generation.model_copy(update={"max_new_tokens": max_new_tokens, "temperature": 0.0, "batch_size": 8})
@@ -142,7 +142,7 @@ def generate(model, tok, generation, system_prompt: str, instructions: list[str]
 def referee_scores(teacher, system_prompt: str, instructions: list[str], answers: list[str]) -> tuple[list, list[float]]:
     """(teacher log-likelihoods, likelihood-referee scores); an empty answer scores the floor, 1."""
     from sdk.adversarial.referee import likelihood_score
-    from sdk.evaluate.domain import answer_conversations
+    from sdk.models.chat import answer_conversations
 
     lls = teacher.loglik(answer_conversations(system_prompt, instructions), answers)
     return lls, [likelihood_score(ll, a) or 1.0 for ll, a in zip(lls, answers)]
@@ -201,10 +201,10 @@ def main(argv=None) -> None:
 
     from sdk.adversarial.pairs import teacher_over_student
     from sdk.config import ModelsSettings, load_recipe
-    from sdk.evaluate.domain import answer_conversations
+    from sdk.models.chat import answer_conversations
     from sdk.models import load_chat_model
     from sdk.packs import resolve_pack
-    from sdk.pipeline import quiet_libraries
+    from sdk.progress import quiet_libraries
     from sdk.train.runner import train_student
 
     quiet_libraries()

@@ -47,14 +47,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from sdk.config import HealSettings, ModelsSettings
-    from sdk.evaluate.domain import answer_conversations, clean_answer
+    from sdk.models.chat import answer_conversations, clean_answer
     from sdk.evaluate.fidelity import perplexity
     from sdk.knowledge.heldout import split_chunks
     from sdk.knowledge.ingest import IndexSettings, ingest
     from sdk.models import describe, load_chat_model
     from sdk.packs import resolve_pack
     from sdk.paths import cache_dir
-    from sdk.pipeline import quiet_libraries
+    from sdk.progress import quiet_libraries
     from sdk.stages import student as student_stage
     from sdk.store import read_jsonl
 
@@ -78,7 +78,7 @@ def main(argv=None) -> None:
     heal = HealSettings(steps=args.heal_steps, cache=False)
     for config in args.configs:
         start = time.time()
-        record = student_stage.run(models.model_copy(update={"student": spec_for(config)}), heal, 0, inputs, teacher, describe(models.teacher, models))
+        record = student_stage.build(student_stage.StudentSettings(models.model_copy(update={"student": spec_for(config)}), heal, 0), inputs, teacher, describe(models.teacher, models))
         before, after = record.get("before_heal") or {}, record.get("after_heal") or {}
         results.append({"config": config, "kept": record["prune"]["kept"], "before": before, "after": after, "seconds": round(time.time() - start, 1)})
         if record.get("path") and args.heal_steps:

@@ -12,6 +12,7 @@ import yaml
 from sdk.config import Recipe, apply_overrides, load_recipe, parse_override, validate_recipe
 from sdk.errors import ConfigError
 from sdk.pipeline import Pipeline, RunResult
+from sdk.stages.base import changed_keys
 from sdk.store import RunStore, atomic_write_text
 
 
@@ -59,7 +60,7 @@ def distill(
     if store.manifest["stages"]:
         raise ConfigError(f"run directory {run_dir} already holds a run: use `distill resume {run_dir}` or another --run-dir")
     pipeline = Pipeline(recipe, store)  # resolves the pack before anything is written
-    atomic_write_text(store.path("config.yaml"), recipe.to_yaml())
+    atomic_write_text(store.layout.config, pipeline.recipe.to_yaml())  # the resolved recipe: the pack's defaults merged in
     return pipeline.run()
 
 
@@ -74,10 +75,16 @@ def resume(run_dir: str | os.PathLike, set: list[str] | None = None) -> RunResul
     """Finish a run that was stopped: finished stages are skipped, journaled teacher calls are reused.
 
     `set` changes recipe keys first (`["models.teacher.budget.max_calls=500"]`), e.g. to raise a budget
-    that stopped the run; the run's config.yaml is updated to match.
+    that stopped the run, or add iterations; the run's config.yaml is updated to match. A change to a
+    recipe section that a finished stage depended on is refused (ConfigError naming the stage and key).
     """
-    recipe = load_run_recipe(run_dir)
+    old = load_run_recipe(run_dir)
+    recipe, changed = old, []
     if set:
-        recipe = validate_recipe(apply_overrides(recipe.model_dump(mode="json"), set), source=f"{run_dir}/config.yaml with --set")
-        atomic_write_text(Path(run_dir) / "config.yaml", recipe.to_yaml())
-    return Pipeline(recipe, RunStore(run_dir)).run()
+        recipe = validate_recipe(apply_overrides(old.model_dump(mode="json"), set), source=f"{run_dir}/config.yaml with --set")
+        changed = changed_keys(old.model_dump(mode="json"), recipe.model_dump(mode="json"))
+    store = RunStore(run_dir)
+    pipeline = Pipeline(recipe, store, changed)  # refuses a change to a section a finished stage read
+    if set:
+        atomic_write_text(store.layout.config, pipeline.recipe.to_yaml())
+    return pipeline.run()

@@ -74,8 +74,9 @@ def report(run_dir: Path = typer.Argument(...)):
     import json
 
     from sdk.report import iteration_table, summary_table, write_report
+    from sdk.store import RunLayout
 
-    metrics_file = run_dir / "metrics.json"
+    metrics_file = RunLayout(run_dir).metrics
     if not metrics_file.is_file():
         raise DistilleryError(f"{run_dir} has no metrics.json (is the run finished? try `distill resume {run_dir}`)")
     metrics = json.loads(metrics_file.read_text())

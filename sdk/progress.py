@@ -37,3 +37,14 @@ def _force_progress() -> bool:
 
 def log(message: str) -> None:
     console.print(message)
+
+
+def quiet_libraries() -> None:
+    """Keep our own progress bars and the trainer's; silence library load bars and chatter."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()

@@ -94,20 +94,132 @@ class Journal:
             self.path.unlink(missing_ok=True)
 
 
+class _Folder:
+    """A folder of the run layout; each attribute below is one file in it, written by one stage."""
+
+    def __init__(self, folder: Path):
+        self.dir = Path(folder)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.dir / name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.dir})"
+
+
+def _file(name: str) -> property:
+    return property(lambda self: self.dir / name, doc=name)
+
+
+class EvalLayout(_Folder):
+    """eval/: the held-out set, answered by the teacher and by the student before and after the loop."""
+
+    teacher = _file("teacher.jsonl")  # eval_teacher
+    teacher_journal = _file("teacher.partial.jsonl")
+    teacher_summary = _file("teacher.json")
+    student_before = _file("student_before.jsonl")  # eval_before
+    referee_before = _file("referee_before.jsonl")
+    before = _file("before.json")
+    forgetting_before = _file("forgetting_before.json")  # forgetting_before
+    forgetting = _file("forgetting.json")  # forgetting_after
+    domain = _file("domain.json")  # finalize
+    student_after = _file("student_after.jsonl")
+
+
+class IterationLayout(_Folder):
+    """iter_<k>/: one iteration of the loop."""
+
+    def __init__(self, folder: Path, k: int):
+        super().__init__(folder)
+        self.k = k
+
+    # synthesize and pool (iteration 0 only for the first three)
+    synthesized = _file("synthesized.jsonl")
+    synthesis_rejected = _file("synthesis_rejected.jsonl")
+    synthesis_journal = _file("synthesis.partial.jsonl")
+    seed_grounding = _file("seed_grounding.jsonl")
+    train_pool = _file("train_pool.jsonl")
+    cache_pool = _file("cache_pool.jsonl")
+    # label
+    teacher = _file("teacher.jsonl")
+    teacher_journal = _file("teacher.partial.jsonl")
+    # train
+    dpo_pairs = _file("dpo_pairs.jsonl")
+    train_metrics = _file("train_metrics.json")
+    student = _file("student")
+    checkpoints = _file("checkpoints")
+    # eval
+    eval_student = _file("eval_student.jsonl")
+    eval_referee = _file("eval_referee.jsonl")
+    eval = _file("eval.json")
+    # discriminate
+    student_answers = _file("student_answers.jsonl")
+    student_answers_journal = _file("student_answers.partial.jsonl")
+    referee = _file("referee.jsonl")
+    hard = _file("hard.jsonl")
+    easy = _file("easy.jsonl")
+    discrimination = _file("discrimination.json")
+    # generate
+    generated = _file("generated.jsonl")
+    generation_rejected = _file("generation_rejected.jsonl")
+    generation = _file("generation.json")
+    generation_journal = _file("generation.partial.jsonl")
+
+
+def referee_file(primary: Path, kind: str, is_primary: bool = True) -> Path:
+    """A second referee's verdicts sit beside the primary's: referee.jsonl -> referee.llm.jsonl."""
+    return primary if is_primary else primary.with_name(f"{primary.stem}.{kind}{primary.suffix}")
+
+
+def referee_journal(primary: Path, kind: str) -> Path:
+    """Each referee's journal beside its verdicts: referee.jsonl -> referee.likelihood.partial.jsonl."""
+    return primary.with_name(f"{primary.stem}.{kind}.partial.jsonl")
+
+
+class RunLayout(_Folder):
+    """Where every artifact of a run lives. Nothing else in the SDK spells a run-directory path."""
+
+    config = _file("config.yaml")
+    manifest = _file(MANIFEST)
+    lock = _file(".lock")
+    knowledge = _file("knowledge.json")  # ingest
+    student_init = _file("student_init.json")  # student
+    student_init_dir = _file("student_init")  # a healed student built outside the shared cache (heal.cache false)
+    metrics = _file("metrics.json")  # finalize
+    report = _file("report.html")
+    student = _file("student")  # the student handed back, fixed from the start
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.eval = EvalLayout(self.dir / "eval")
+
+    def budget(self, role: str) -> Path:
+        return self.dir / "budget" / f"{role}.json"
+
+    def iteration(self, k: int) -> IterationLayout:
+        return IterationLayout(self.dir / f"iter_{k:02d}", k)
+
+    def iterations(self) -> list[IterationLayout]:
+        """The iteration folders that exist, in order."""
+        found = sorted(p for p in self.dir.glob("iter_[0-9]*") if p.is_dir())
+        return [IterationLayout(p, int(p.name.split("_")[1])) for p in found]
+
+    def relative(self, path: Path) -> str:
+        return str(Path(path).relative_to(self.dir))
+
+
 class RunStore:
     """A run directory with a manifest of finished stages."""
 
     def __init__(self, run_dir: str | Path):
         self.root = Path(run_dir)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.layout = RunLayout(self.root)
         self._manifest = self._load_manifest()
 
     # paths ------------------------------------------------------------------------------------
-    def path(self, *parts: str) -> Path:
+    def path(self, *parts: str | Path) -> Path:
         return self.root.joinpath(*parts)
-
-    def iter_dir(self, iteration: int) -> Path:
-        return self.path(f"iter_{iteration:02d}")
 
     # manifest ---------------------------------------------------------------------------------
     def _load_manifest(self) -> dict:
@@ -141,23 +253,23 @@ class RunStore:
         atomic_write_json(self.path(MANIFEST), self._manifest)
 
     # artifacts --------------------------------------------------------------------------------
-    def write_jsonl(self, rel: str, rows: Iterable[dict]) -> Path:
+    def write_jsonl(self, rel: str | Path, rows: Iterable[dict]) -> Path:
         path = self.path(rel)
         atomic_write_jsonl(path, rows)
         return path
 
-    def read_jsonl(self, rel: str) -> list[dict]:
+    def read_jsonl(self, rel: str | Path) -> list[dict]:
         return read_jsonl(self.path(rel))
 
-    def write_json(self, rel: str, obj: Any) -> Path:
+    def write_json(self, rel: str | Path, obj: Any) -> Path:
         path = self.path(rel)
         atomic_write_json(path, obj)
         return path
 
-    def read_json(self, rel: str) -> Any:
+    def read_json(self, rel: str | Path) -> Any:
         return json.loads(self.path(rel).read_text(encoding="utf-8"))
 
-    def journal(self, rel: str) -> Journal:
+    def journal(self, rel: str | Path) -> Journal:
         return Journal(self.path(rel))
 
 

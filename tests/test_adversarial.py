@@ -1,12 +1,13 @@
 """The adversarial loop's parts: verdict parsing, the LLM and likelihood referees, the split, generation."""
 
+import dataclasses
 import json
 import re
 
 import pytest
 from rouge_score import rouge_scorer
 
-from sdk.adversarial.generation import GenerationPlan, balanced_counts, extract_instruction, generate_instructions
+from sdk.adversarial.generation import GenerationPlan, balanced_counts, extract_instruction, generate_instructions, Parents
 from sdk.adversarial.referee import (
     LLMReferee,
     Pair,
@@ -256,7 +257,7 @@ def test_generation_keeps_diverse_balanced_instructions_with_parents(pack):
 
     generator = ScriptedGenerator(reply)
     cache = HARD + EASY
-    out = generate_instructions(pack, generator, "scripted", HARD, EASY, cache, _plan())
+    out = generate_instructions(pack, generator, Parents(HARD, EASY, cache), _plan(generator_name="scripted"))
     assert len(out.kept) == 6 and out.stats["kept"] == 6
     sources = [r["source"] for r in out.kept]
     assert abs(sources.count("hard") - sources.count("easy")) <= 1
@@ -285,7 +286,7 @@ def test_generation_rejects_off_domain_replies_with_the_real_embedder(pack):
         return drift[n % 2] if n % 3 == 0 else DISTINCT[n % len(DISTINCT)]
 
     plan = _plan(n_new=6, max_attempts=12, min_domain_similarity=0.25, domain_references=tuple(DISTINCT))
-    out = generate_instructions(pack, ScriptedGenerator(reply), "scripted", HARD, EASY, HARD + EASY, plan, embedder=load_embedder())
+    out = generate_instructions(pack, ScriptedGenerator(reply), Parents(HARD, EASY, HARD + EASY), dataclasses.replace(plan, generator_name="scripted", embedder=load_embedder()))
     off = [r for r in out.rejected if r["reason"] == "off_domain"]
     assert off and {r["instruction"] for r in off} <= set(drift)
     assert "to the nearest seed, below 0.25" in off[0]["detail"]
@@ -295,7 +296,7 @@ def test_generation_rejects_off_domain_replies_with_the_real_embedder(pack):
 
 def test_generation_stops_at_the_attempt_budget(pack):
     generator = ScriptedGenerator(lambda prompt, n: "Explain what a fever is.")  # always a duplicate
-    out = generate_instructions(pack, generator, "scripted", HARD, EASY, HARD + EASY, _plan(max_attempts=7))
+    out = generate_instructions(pack, generator, Parents(HARD, EASY, HARD + EASY), _plan(max_attempts=7, generator_name="scripted"))
     assert len(generator.asked) == 7 and out.stats["attempts"] == 7
     assert out.kept == [] and out.stats["rejected_by_reason"] == {"rouge": 7} and not out.stats["reached_target"]
 
@@ -304,19 +305,19 @@ def test_generation_resumes_from_its_journal_without_asking_again(pack, tmp_path
     reply = lambda prompt, n: DISTINCT[n % len(DISTINCT)]  # noqa: E731
     first = ScriptedGenerator(reply)
     journal_path = tmp_path / "generation.partial.jsonl"
-    full = generate_instructions(pack, first, "scripted", HARD, EASY, HARD + EASY, _plan(), journal=Journal(journal_path))
+    full = generate_instructions(pack, first, Parents(HARD, EASY, HARD + EASY), _plan(generator_name="scripted"), journal=Journal(journal_path))
     # a kill after the first three replies: keep only those journal lines
     lines = journal_path.read_text().splitlines()
     journal_path.write_text("\n".join(lines[:3]) + "\n")
     second = ScriptedGenerator(lambda prompt, n: first.replies[n - 1 + 3])  # the same replies the rest got before
-    resumed = generate_instructions(pack, second, "scripted", HARD, EASY, HARD + EASY, _plan(), journal=Journal(journal_path))
+    resumed = generate_instructions(pack, second, Parents(HARD, EASY, HARD + EASY), _plan(generator_name="scripted"), journal=Journal(journal_path))
     assert len(second.asked) == len(first.asked) - 3
     assert [(r["id"], r["instruction"], r["parent_id"]) for r in resumed.kept] == [(r["id"], r["instruction"], r["parent_id"]) for r in full.kept]
 
 
 def test_one_sided_split_hands_the_share_to_the_other_side(pack):
     generator = ScriptedGenerator(lambda prompt, n: DISTINCT[n % len(DISTINCT)])
-    out = generate_instructions(pack, generator, "scripted", HARD, [], HARD, _plan(n_new=4))
+    out = generate_instructions(pack, generator, Parents(HARD, [], HARD), _plan(n_new=4, generator_name="scripted"))
     assert [r["source"] for r in out.kept] == ["hard"] * 4 and out.stats["targets"] == {"hard": 4, "easy": 0}
 
 

@@ -52,6 +52,28 @@ def test_smoke_run_writes_the_documented_layout(smoke_run):
     assert elapsed < 600  # about 4 minutes on an idle 2-core CPU
 
 
+def test_a_smoke_run_writes_only_declared_files(smoke_run):
+    """Every file in the run directory (but the run's own bookkeeping) is declared by the stage that wrote it."""
+    from sdk.pipeline import STAGES
+    from sdk.store import RunStore
+
+    root = Path(smoke_run[0].run_dir)
+    store = RunStore(root)
+    layout, last = store.layout, len(layout.iterations()) - 1
+    declared = {layout.config, layout.manifest, layout.budget("teacher").parent}
+    for name, info in store.manifest["stages"].items():
+        stage_name = name.split("/")[-1]
+        k = int(name.split("/")[0].split("_")[1]) if "/" in name else None
+        stage = next(s for s in STAGES if s.name == stage_name and s.per_iteration == (k is not None))
+        paths = set(stage.outputs(layout, k, last))
+        declared |= paths
+        for out in info["outputs"]:
+            assert root / out in paths, f"{name} wrote {out}, which it does not declare"
+    for path in root.rglob("*"):
+        if path.is_file() and not any(path == d or d in path.parents for d in declared):
+            pytest.fail(f"{path.relative_to(root)} is not declared by any stage")
+
+
 def test_every_sample_carries_id_instruction_provenance(smoke_run):
     result, _ = smoke_run
     for path in Path(result.run_dir).rglob("*.jsonl"):

@@ -5,7 +5,7 @@ The generator is a canned fake: these tests check which parents each prompt gets
 
 import pytest
 
-from sdk.adversarial.generation import GenerationPlan, generate_instructions, parent_pools
+from sdk.adversarial.generation import GenerationPlan, generate_instructions, parent_pools, Parents
 from sdk.config import GenerationSettings, load_recipe
 from sdk.errors import ConfigError
 from sdk.models.base import ChatBackend
@@ -60,7 +60,7 @@ def _plan(feedback, **kw):
 def _generate(pack, feedback, generator, journal=None):
     """As the pipeline's generate stage does it: parent pools by the feedback knob, then generation."""
     hard, easy = parent_pools(feedback, HARD, EASY, CACHE)
-    return generate_instructions(pack, generator, "canned", hard, easy, CACHE, _plan(feedback), journal=journal)
+    return generate_instructions(pack, generator, Parents(hard, easy, CACHE), _plan(feedback, generator_name="canned"), journal=journal)
 
 
 def _prompted(generator, template):

@@ -138,15 +138,15 @@ def test_healed_student_cache_is_keyed_by_corpus_and_heal_settings(tiny_teacher,
     prompts = [teacher.render([{"role": "user", "content": "What is sepsis?"}])]
     inputs = student_stage.StudentInputs(TEXTS, TEXTS[:1], prompts, ["An infection response."])
 
-    first = student_stage.run(models, heal, 0, inputs, teacher, "tiny teacher")
+    first = student_stage.build(student_stage.StudentSettings(models, heal, 0), inputs, teacher, "tiny teacher")
     assert first["prune"]["kept"][0] == 0 and first["prune"]["kept"][-1] == 7 and len(first["prune"]["kept"]) == 4
     assert first["heal"]["steps"] == 2 and first["before_heal"]["kl_per_token"] is not None and first["after_heal"]["kl_per_token"] is not None
-    again = student_stage.run(models, heal, 0, inputs, teacher, "tiny teacher")
+    again = student_stage.build(student_stage.StudentSettings(models, heal, 0), inputs, teacher, "tiny teacher")
     assert again["path"] == first["path"]  # reused, not rebuilt
     changed_corpus = student_stage.StudentInputs(TEXTS[:3] + ["Anaphylaxis is a severe allergic reaction."], TEXTS[:1], prompts, ["An infection response."])
-    assert student_stage.run(models, heal, 0, changed_corpus, teacher, "tiny teacher")["path"] != first["path"]
-    assert student_stage.run(models, heal.model_copy(update={"learning_rate": 1e-3}), 0, inputs, teacher, "tiny teacher")["path"] != first["path"]
-    assert student_stage.run(models, heal, 1, inputs, teacher, "tiny teacher")["path"] != first["path"]  # another seed
+    assert student_stage.build(student_stage.StudentSettings(models, heal, 0), changed_corpus, teacher, "tiny teacher")["path"] != first["path"]
+    assert student_stage.build(student_stage.StudentSettings(models, heal.model_copy(update={"learning_rate": 1e-3}), 0), inputs, teacher, "tiny teacher")["path"] != first["path"]
+    assert student_stage.build(student_stage.StudentSettings(models, heal, 1), inputs, teacher, "tiny teacher")["path"] != first["path"]  # another seed
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(first["path"]).config.num_hidden_layers == 4

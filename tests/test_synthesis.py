@@ -3,7 +3,7 @@
 import pytest
 
 from sdk.config import GenerationSettings
-from sdk.curation.synthesis import copies_passage, document_subarea, parse_instructions, quality_problem, sample_passages, split_task_label, synthesize
+from sdk.curation.synthesis import copies_passage, document_subarea, parse_instructions, quality_problem, sample_passages, split_task_label, SynthesisPlan, synthesize
 from sdk.models.base import ChatBackend
 from sdk.packs import load_pack_dir
 from tests.conftest import TINY_PACKS
@@ -85,7 +85,7 @@ def test_synthesis_rows_carry_provenance_and_keep_raw_failures(tmp_path):
     chunks = read_jsonl(tmp_path / "idx" / "chunks.jsonl")
     passages = sample_passages(chunks, 2, ["cardiology"], seed=0)
     gen = CannedGenerator(["1. Explain how the heart moves blood to the lungs.\n2. Define atria.", "no list here\nat all"])
-    kept, rejected = synthesize(pack, passages, gen, "canned-gen", per_passage=2)
+    kept, rejected = synthesize(pack, passages, gen, SynthesisPlan("canned-gen", per_passage=2))
     assert [k["instruction"] for k in kept] == ["Explain how the heart moves blood to the lungs."]
     prov = kept[0]["provenance"]
     chunk = next(c for c in chunks if c["chunk_id"] == prov["chunk_id"])
@@ -105,8 +105,8 @@ def test_journaled_replies_are_not_asked_again(tmp_path):
     passages = [{"chunk_id": f"d{i}.md#0", "document": f"d{i}.md", "text": PASSAGE, "sha256": str(i) * 64, "subarea": "general"} for i in range(3)]
     first = CannedGenerator(["1. Explain why antibiotics cannot cure a cold.", "1. Compare bacteria and viruses by how they replicate."])
     journal = Journal(tmp_path / "synthesis.partial.jsonl")
-    synthesize(pack, passages[:2], first, "g", per_passage=1, journal=journal)
+    synthesize(pack, passages[:2], first, SynthesisPlan("g", per_passage=1), journal=journal)
     second = CannedGenerator(["1. Describe how a virus enters a host cell."])
-    kept, _ = synthesize(pack, passages, second, "g", per_passage=1, journal=Journal(tmp_path / "synthesis.partial.jsonl"))
+    kept, _ = synthesize(pack, passages, second, SynthesisPlan("g", per_passage=1), journal=Journal(tmp_path / "synthesis.partial.jsonl"))
     assert second.replies == []  # asked once, for the one new passage
     assert [k["instruction"] for k in kept] == ["Explain why antibiotics cannot cure a cold.", "Compare bacteria and viruses by how they replicate.", "Describe how a virus enters a host cell."]

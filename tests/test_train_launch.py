@@ -81,7 +81,8 @@ def test_heal_runs_as_a_launched_two_process_zero3_job(tmp_path, monkeypatch):
         raise AssertionError("the parent process healed the student itself")
 
     monkeypatch.setattr(heal_module, "heal", not_here)  # the in-process path
-    record = student_stage.run(models, HealSettings(steps=3, batch_size=2, max_length=32, general_fraction=0.0, warmup_ratio=0.0), 0, inputs, teacher, "tiny teacher", train=train)
+    heal = HealSettings(steps=3, batch_size=2, max_length=32, general_fraction=0.0, warmup_ratio=0.0)
+    record = student_stage.build(student_stage.StudentSettings(models, heal, 0, train), inputs, teacher, "tiny teacher")
 
     assert record["heal"]["processes"] == 2 and record["heal"]["deepspeed"] and record["heal"]["steps"] == 3, record["heal"]
     assert all(math.isfinite(h["loss"]) for h in record["heal"]["loss_history"])

@@ -23,11 +23,11 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from sdk.curation.seeds import provenance
+from sdk.rows import journaled_reply, provenance
 from sdk.curation.synthesis import parse_instructions, quality_problem, split_task_label
 
 SIDES = ("hard", "easy")
@@ -62,6 +62,18 @@ class GenerationPlan:
     min_domain_similarity: Optional[float] = None  # cosine to the nearest domain reference (the seeds); None = off
     domain_references: tuple[str, ...] = ()
     feedback: str = "referee"  # recorded in the stats; parent_pools builds the parents it stands for
+    generator_name: str = "generator"  # recorded in provenance
+    embedder: Optional[Callable] = field(default=None, compare=False, repr=False)  # for the cosine and domain checks
+
+
+@dataclass(frozen=True)
+class Parents:
+    """What generation starts from: the parents of the generate_hard and generate_easy prompts, and the
+    cache pool (every instruction so far) that a new one must differ from."""
+
+    hard: list[dict]
+    easy: list[dict]
+    cache_pool: list[dict]
 
 
 @dataclass
@@ -104,18 +116,19 @@ def balanced_counts(kept_hard: int, kept_easy: int, hard_share: float) -> tuple[
     return 0, 0
 
 
-def generate_instructions(pack, generator, generator_name: str, hard: list[dict], easy: list[dict], cache_pool: list[dict], plan: GenerationPlan, embedder=None, journal=None, budget=None) -> GenerationOutcome:
+def generate_instructions(pack, generator, pools: Parents, plan: GenerationPlan, journal=None, budget=None) -> GenerationOutcome:
     """Make up to plan.n_new new instructions; returns kept rows, rejected rows (with reasons) and counts."""
     from sdk.curation.diversity import DiversityFilter
     from sdk.store import Journal
 
     journal = journal if journal is not None else Journal.in_memory()
-    parents = {"hard": hard, "easy": easy}
-    targets = side_targets(plan.n_new, plan.hard_share, bool(hard), bool(easy))
-    pool_ids = [r["id"] for r in cache_pool]
-    filt = DiversityFilter([r["instruction"] for r in cache_pool], plan.rouge_threshold, plan.cosine_threshold, embedder)
-    domain = DomainCheck(plan.domain_references, plan.min_domain_similarity, embedder)
+    parents = {"hard": pools.hard, "easy": pools.easy}
+    targets = side_targets(plan.n_new, plan.hard_share, bool(pools.hard), bool(pools.easy))
     versions = {side: hashlib.sha256(pack.prompt_path(f"generate_{side}").read_bytes()).hexdigest()[:12] for side in SIDES}
+    judge = _Judge(
+        plan, DiversityFilter([r["instruction"] for r in pools.cache_pool], plan.rouge_threshold, plan.cosine_threshold, plan.embedder),
+        DomainCheck(plan.domain_references, plan.min_domain_similarity, plan.embedder), [r["id"] for r in pools.cache_pool], versions,
+    )  # fmt: skip
 
     out = GenerationOutcome()
     kept = {side: [] for side in SIDES}
@@ -141,14 +154,10 @@ def generate_instructions(pack, generator, generator_name: str, hard: list[dict]
         convs = [[{"role": "user", "content": pack.render(f"generate_{side}", instruction=parent["instruction"], task_type=parent.get("task_type"), subarea=parent.get("subarea"))}] for _, side, parent in specs]
         keys = [key for key, _, _ in specs]
 
-        def to_row(i: int, reply) -> dict:
-            failed = isinstance(reply, BaseException)
-            return {"id": keys[i], "reply": None if failed else reply, "error": f"{type(reply).__name__}: {reply}" if failed else None}
-
         # A budget that runs out raises here; the journal keeps every reply, so a resume replays them.
-        generator.generate_journaled(keys, convs, journal, to_row, f"generating instructions (iteration {plan.iteration})", budget=budget)
+        generator.generate_journaled(keys, convs, journal, journaled_reply(keys), f"generating instructions (iteration {plan.iteration})", budget=budget)
         for key, side, parent in specs:
-            _decide(journal.done[key], side, parent, filt, domain, pool_ids, plan, generator_name, versions[side], kept, out)
+            judge.decide(journal.done[key], side, parent, kept, out)
 
     # Keep the sides in proportion (Lion: 1:1): trim the latest of an over-full side.
     if all(targets[s] > 0 for s in SIDES):
@@ -162,45 +171,56 @@ def generate_instructions(pack, generator, generator_name: str, hard: list[dict]
     return out
 
 
-def _decide(reply: dict, side: str, parent: dict, filt, domain: "DomainCheck", pool_ids: list[str], plan: GenerationPlan, generator_name: str, version: str, kept: dict, out: GenerationOutcome) -> None:
-    prov = provenance(
-        "generate",
-        model=generator_name,
-        document=parent.get("provenance", {}).get("document"),
-        chunk_id=parent.get("provenance", {}).get("chunk_id"),
-        parent_id=parent["id"],
-        iteration=plan.iteration,
-        prompt_version=version,
-    )
-    row = {"id": reply["id"], "instruction": None, "source": side, "parent_id": parent["id"], "subarea": parent.get("subarea"), "task_type": None, "provenance": prov}
-    if reply["error"]:
-        out.rejected.append(dict(row, reason="failed", detail=reply["error"], raw=None))
-        return
-    task_type, text = split_task_label(extract_instruction(reply["reply"]))
-    row.update(instruction=text or None, task_type=task_type or (parent.get("task_type") if side == "hard" else None))
-    if side == "easy":
-        row["subarea"] = None  # a different, long-tail topic: the parent's sub-area no longer applies
-    if not text:
-        out.rejected.append(dict(row, reason="unparseable", detail="no instruction in the reply", raw=reply["reply"]))
-        return
-    problem = quality_problem(text, "", plan.min_words, plan.max_words) or ("talks about the task instead of stating one" if _META.search(text) else None)
-    if problem:
-        out.rejected.append(dict(row, reason="quality", detail=problem, raw=reply["reply"]))
-        return
-    vector = domain.vector(text)
-    similarity = domain.similarity(vector)
-    if similarity is not None and similarity < domain.threshold:
-        out.rejected.append(dict(row, reason="off_domain", detail=f"cosine {similarity:.3f} to the nearest seed, below {domain.threshold:g}", raw=reply["reply"]))
-        return
-    decision = filt.check(text, vector=vector, label=row["id"])
-    if not decision.kept:
-        match = decision.match or ""
-        if match.startswith("pool:"):
-            match = pool_ids[int(match.split(":", 1)[1])]
-        score = decision.max_cosine if decision.reason == "cosine" else decision.max_rouge
-        out.rejected.append(dict(row, reason=decision.reason, detail=f"{decision.reason} {score:.3f} to {match}", similar_to=match))
-        return
-    kept[side].append(dict(row, max_rouge_vs_pool=round(decision.max_rouge, 4)))
+@dataclass
+class _Judge:
+    """Decides one generator reply: parsed, good enough, in the domain, and new against the cache pool."""
+
+    plan: GenerationPlan
+    filt: object  # DiversityFilter
+    domain: "DomainCheck"
+    pool_ids: list[str]
+    versions: dict[str, str]  # prompt version per side
+
+    def decide(self, reply: dict, side: str, parent: dict, kept: dict, out: GenerationOutcome) -> None:
+        plan, filt, domain, pool_ids, version, generator_name = self.plan, self.filt, self.domain, self.pool_ids, self.versions[side], self.plan.generator_name
+        prov = provenance(
+            "generate",
+            model=generator_name,
+            document=parent.get("provenance", {}).get("document"),
+            chunk_id=parent.get("provenance", {}).get("chunk_id"),
+            parent_id=parent["id"],
+            iteration=plan.iteration,
+            prompt_version=version,
+        )
+        row = {"id": reply["id"], "instruction": None, "source": side, "parent_id": parent["id"], "subarea": parent.get("subarea"), "task_type": None, "provenance": prov}
+        if reply["error"]:
+            out.rejected.append(dict(row, reason="failed", detail=reply["error"], raw=None))
+            return
+        task_type, text = split_task_label(extract_instruction(reply["reply"]))
+        row.update(instruction=text or None, task_type=task_type or (parent.get("task_type") if side == "hard" else None))
+        if side == "easy":
+            row["subarea"] = None  # a different, long-tail topic: the parent's sub-area no longer applies
+        if not text:
+            out.rejected.append(dict(row, reason="unparseable", detail="no instruction in the reply", raw=reply["reply"]))
+            return
+        problem = quality_problem(text, "", plan.min_words, plan.max_words) or ("talks about the task instead of stating one" if _META.search(text) else None)
+        if problem:
+            out.rejected.append(dict(row, reason="quality", detail=problem, raw=reply["reply"]))
+            return
+        vector = domain.vector(text)
+        similarity = domain.similarity(vector)
+        if similarity is not None and similarity < domain.threshold:
+            out.rejected.append(dict(row, reason="off_domain", detail=f"cosine {similarity:.3f} to the nearest seed, below {domain.threshold:g}", raw=reply["reply"]))
+            return
+        decision = filt.check(text, vector=vector, label=row["id"])
+        if not decision.kept:
+            match = decision.match or ""
+            if match.startswith("pool:"):
+                match = pool_ids[int(match.split(":", 1)[1])]
+            score = decision.max_cosine if decision.reason == "cosine" else decision.max_rouge
+            out.rejected.append(dict(row, reason=decision.reason, detail=f"{decision.reason} {score:.3f} to {match}", similar_to=match))
+            return
+        kept[side].append(dict(row, max_rouge_vs_pool=round(decision.max_rouge, 4)))
 
 
 class DomainCheck:

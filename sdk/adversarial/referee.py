@@ -35,6 +35,8 @@ every row. The rubric (criteria and weights) is written into every row as well.
 
 from __future__ import annotations
 
+from sdk.rows import journaled_reply
+
 import json
 import math
 import re
@@ -181,7 +183,7 @@ class LikelihoodReferee:
         self.pack, self.teacher, self.system_prompt = pack, teacher, system_prompt
 
     def score(self, pairs: Sequence[Pair], journal=None, description: str = "likelihood referee") -> list[dict]:
-        from sdk.evaluate.domain import answer_conversations
+        from sdk.models.chat import answer_conversations
         from sdk.progress import log
 
         pairs = list(pairs)
@@ -222,11 +224,7 @@ class LLMReferee:
         return [{"role": "user", "content": text}]
 
     def _ask(self, keys: list[str], conversations: list[list[dict]], journal, description: str) -> None:
-        def to_row(i: int, out) -> dict:
-            failed = isinstance(out, BaseException)
-            return {"id": keys[i], "raw": None if failed else out, "error": f"{type(out).__name__}: {out}" if failed else None}
-
-        self.model.generate_journaled(keys, conversations, journal, to_row, description, budget=self.budget)
+        self.model.generate_journaled(keys, conversations, journal, journaled_reply(keys, "raw"), description, budget=self.budget)
 
     def score(self, pairs: Sequence[Pair], journal=None, description: str = "LLM referee") -> list[dict]:
         from sdk.store import Journal

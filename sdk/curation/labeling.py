@@ -7,7 +7,7 @@ A row the teacher could not answer (error after retries, or an empty reply) stay
 
 from __future__ import annotations
 
-from sdk.evaluate.domain import answer_conversations, clean_answer
+from sdk.models.chat import answer_conversations, clean_answer
 from sdk.store import Journal
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import random
 
+from sdk.rows import provenance
+
 from sdk.packs import Pack
 
 
-def provenance(stage: str, model: str | None = None, document: str | None = None, chunk_id: str | None = None, **extra) -> dict:
-    """Where a sample came from: source document, chunk id, the stage and the model that made it."""
-    return {"document": document, "chunk_id": chunk_id, "stage": stage, "model": model, **extra}
 
 
 def seed_pool(pack: Pack, max_seeds: int | None = None, seed: int = 0) -> list[dict]:

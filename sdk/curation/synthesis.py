@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from dataclasses import dataclass
 from typing import Optional
 
 from rapidfuzz.distance import LCSseq
 
 from sdk.curation.diversity import TokenCodec
-from sdk.curation.seeds import provenance
+from sdk.rows import journaled_reply, provenance
 
 _NUMBERED = re.compile(r"^\s*(?:#{1,6}\s*)?(?:\d{1,2}\s*[.):]|[-*•])\s+(.*\S)\s*$")  # '1. x', '2) x', '- x', '### 3. x'
 _REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i cannot|i can't|as an ai|as a language model|i'm unable|i am unable|cannot assist)\b", re.I)
@@ -121,7 +122,15 @@ def prompt_version(pack, name: str = "synthesis") -> str:
     return hashlib.sha256(pack.prompt_path(name).read_bytes()).hexdigest()[:12]
 
 
-def synthesize(pack, passages: list[dict], generator, generator_name: str, per_passage: int, min_words: int = 4, max_words: int = 150, journal=None, budget=None) -> tuple[list[dict], list[dict]]:
+@dataclass(frozen=True)
+class SynthesisPlan:
+    generator_name: str  # recorded in provenance
+    per_passage: int  # instructions asked for per passage
+    min_words: int = 4
+    max_words: int = 150
+
+
+def synthesize(pack, passages: list[dict], generator, plan: SynthesisPlan, journal=None, budget=None) -> tuple[list[dict], list[dict]]:
     """Return (candidates, rejected). Candidates still need the diversity filter.
 
     With a `journal` (sdk.store.Journal), each generator reply is recorded as it arrives, so a resumed
@@ -133,16 +142,13 @@ def synthesize(pack, passages: list[dict], generator, generator_name: str, per_p
     journal = journal if journal is not None else Journal.in_memory()
     ids = [f"syn-{hashlib.sha256(p['chunk_id'].encode()).hexdigest()[:10]}" for p in passages]  # chunk ids are unique
 
-    def to_row(i: int, out) -> dict:
-        failed = isinstance(out, BaseException)
-        return {"id": ids[i], "reply": None if failed else out, "error": f"{type(out).__name__}: {out}" if failed else None}
-
+    per_passage = plan.per_passage
     prompts = [[{"role": "user", "content": pack.render("synthesis", passage=p["text"], n=per_passage)}] for p in passages]
-    generator.generate_journaled(ids, prompts, journal, to_row, "synthesising instructions", budget=budget)
+    generator.generate_journaled(ids, prompts, journal, journaled_reply(ids), "synthesising instructions", budget=budget)
 
     candidates, rejected = [], []
     for passage, base_id in zip(passages, ids):
-        prov = provenance("synthesis", model=generator_name, document=passage["document"], chunk_id=passage["chunk_id"], passage_sha256=passage["sha256"], prompt_version=version)
+        prov = provenance("synthesis", model=plan.generator_name, document=passage["document"], chunk_id=passage["chunk_id"], passage_sha256=passage["sha256"], prompt_version=version)
         reply = journal.done[base_id]
         if reply["error"]:
             rejected.append({"id": base_id, "instruction": None, "reason": f"generator failed: {reply['error']}", "raw": None, "provenance": prov})
@@ -154,7 +160,7 @@ def synthesize(pack, passages: list[dict], generator, generator_name: str, per_p
         for k, item in enumerate(items[: per_passage * 2]):
             task_type, text = split_task_label(item)
             row = {"id": f"{base_id}-{k}", "instruction": text, "subarea": passage["subarea"], "task_type": task_type, "context": passage["text"], "provenance": prov}
-            problem = quality_problem(text, passage["text"], min_words, max_words)
+            problem = quality_problem(text, passage["text"], plan.min_words, plan.max_words)
             if problem:
                 rejected.append(dict(row, reason=problem, raw=reply["reply"]))
             else:

@@ -67,12 +67,3 @@ def score_answers(
     summary["empty_answers"] = sum(i["answer_tokens"] == 0 for i in items)
     summary["n"] = len(items)
     return {"summary": summary, "items": items}
-
-
-def answer_conversations(system_prompt: str, instructions: list[str]) -> list[list[dict]]:
-    return [[{"role": "system", "content": system_prompt}, {"role": "user", "content": q}] for q in instructions]
-
-
-def clean_answer(text: str) -> str:
-    """Collapse runs of blank lines; a model that loops is still scored on what it said."""
-    return re.sub(r"\n{3,}", "\n\n", text).strip()

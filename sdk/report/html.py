@@ -17,7 +17,7 @@ from typing import Optional
 
 from sdk.evaluate.degeneration import degeneration
 from sdk.report.summary import ITERATION_COLUMNS, eval_rows, fmt, iteration_rows, rejections_line
-from sdk.store import atomic_write_text, read_jsonl
+from sdk.store import RunLayout, atomic_write_text, read_jsonl
 
 N_SAMPLES = 5
 
@@ -253,7 +253,7 @@ def section_headline(metrics: dict, status: str) -> str:
 
 
 def section_recipe(run_dir: Path, metrics: dict) -> str:
-    path = run_dir / "config.yaml"
+    path = RunLayout(run_dir).config
     if not path.is_file():
         return "<p class='muted'>config.yaml is missing from the run directory.</p>"
     import yaml
@@ -267,9 +267,8 @@ def section_recipe(run_dir: Path, metrics: dict) -> str:
 
     lora = train.get("lora")
     iterations = metrics.get("iterations") or [{}]
-    tau = adv.get("tau") if adv.get("tau") is not None else f"{iterations[0].get('discrimination', {}).get('tau')} (pack)"
+    tau = adv.get("tau")  # config.yaml holds the resolved recipe: the pack's defaults are merged in
     max_drop = recipe.get("forgetting", {}).get("max_drop")
-    max_drop = max_drop if max_drop is not None else f"{(metrics.get('forgetting') or {}).get('max_drop')} (pack)"
     rows = [
         ["domain / preset", f"{recipe.get('domain')} / {recipe.get('preset')}"],
         ["teacher / student", f"{model('teacher')} / {model('student')}"],
@@ -371,7 +370,10 @@ def section_training(metrics: dict) -> str:
 def _lookup_instructions(run_dir: Path) -> dict[str, dict]:
     """Every instruction the run has seen, by id, with its provenance (seeds, synthesised, generated)."""
     known: dict[str, dict] = {}
-    for path in sorted(run_dir.glob("iter_*/cache_pool.jsonl")) + sorted(run_dir.glob("iter_*/generated.jsonl")):
+    iterations = RunLayout(run_dir).iterations()
+    for path in [it.cache_pool for it in iterations] + [it.generated for it in iterations]:
+        if not path.is_file():
+            continue
         for row in read_jsonl(path):
             known.setdefault(row["id"], row)
     return known
@@ -380,12 +382,13 @@ def _lookup_instructions(run_dir: Path) -> dict[str, dict]:
 def _chunks(run_dir: Path) -> dict[str, dict]:
     """Corpus chunks the run recorded (their text travels with the synthesised instructions), by chunk id."""
     chunks: dict[str, dict] = {}
-    for path in sorted(run_dir.glob("iter_*/synthesized.jsonl")) + sorted(run_dir.glob("iter_*/synthesis_rejected.jsonl")):
+    iterations = RunLayout(run_dir).iterations()
+    for path in [p for it in iterations for p in (it.synthesized, it.synthesis_rejected) if p.is_file()]:
         for row in read_jsonl(path):
             prov = row.get("provenance") or {}
             if prov.get("chunk_id") and row.get("context"):
                 chunks.setdefault(prov["chunk_id"], {"document": prov.get("document"), "text": row["context"]})
-    for path in sorted(run_dir.glob("iter_*/seed_grounding.jsonl")):
+    for path in [it.seed_grounding for it in iterations if it.seed_grounding.is_file()]:
         for row in read_jsonl(path):
             chunks.setdefault(row["chunk_id"], {"document": row["document"], "text": row["text"]})
     return chunks
@@ -405,9 +408,10 @@ def source_chunk(row: dict, known: dict[str, dict]) -> tuple[Optional[str], dict
 def choose_samples(run_dir: Path, metrics: dict, n: int = N_SAMPLES) -> list[dict]:
     """The last iteration's refereed cache pool: hard rows first, each side by largest score gap."""
     iterations = metrics.get("iterations") or []
-    path = run_dir / f"iter_{iterations[-1]['iteration']:02d}" / "referee.jsonl" if iterations else None
+    layout = RunLayout(run_dir)
+    path = layout.iteration(iterations[-1]["iteration"]).referee if iterations else None
     if path is None or not path.is_file():
-        path = run_dir / "eval" / "referee_before.jsonl"
+        path = layout.eval.referee_before
     if not path.is_file():
         return []
     rows = sorted((r for r in read_jsonl(path) if r.get("status") == "ok"), key=lambda r: -(r.get("gap") or 0.0))
@@ -481,10 +485,11 @@ def section_chunks(chunks: dict[str, dict], cited: set[str], corpus: Optional[st
 def write_report(run_dir: Path, metrics: dict, status: Optional[str] = None) -> Path:
     """Write run_dir/report.html; `status` defaults to the manifest's (the finalize stage passes 'finished')."""
     run_dir = Path(run_dir)
-    manifest_path = run_dir / "manifest.json"
+    layout = RunLayout(run_dir)
+    manifest_path = layout.manifest
     if status is None:
         status = json.loads(manifest_path.read_text()).get("status", "finished") if manifest_path.is_file() else "finished"
-    knowledge_path = run_dir / "knowledge.json"
+    knowledge_path = layout.knowledge
     corpus = json.loads(knowledge_path.read_text()).get("corpus") if knowledge_path.is_file() else None
     chunks = _chunks(run_dir)
     samples, cited = section_samples(run_dir, metrics, chunks)
@@ -509,6 +514,6 @@ def write_report(run_dir: Path, metrics: dict, status: Optional[str] = None) -> 
 <details><summary>metrics.json</summary><pre class='scroll'>{esc(json.dumps(metrics, indent=2))}</pre></details>
 </body></html>
 """
-    path = run_dir / "report.html"
+    path = layout.report
     atomic_write_text(path, page)
     return path

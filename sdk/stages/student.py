@@ -24,8 +24,8 @@ from typing import Optional
 
 from sdk.config import HealSettings, ModelsSettings, Recipe, TrainSettings
 from sdk.progress import log
+from sdk.stages.base import Stage
 
-RECORD = "student_init.json"
 VERSION = 1  # bump when the build changes in a way the key cannot see
 GENERAL_SYSTEM = "You are a helpful assistant."
 GENERAL_MAX = 16  # distinct general texts the teacher answers for healing
@@ -60,7 +60,7 @@ def measure(teacher_model, student_model, tokenizer, inputs: StudentInputs) -> d
 
 def general_texts(teacher, tokenizer, n: int, seed: int) -> list[str]:
     """n shipped replay instructions with the teacher's answers, rendered in the chat template."""
-    from sdk.evaluate.domain import answer_conversations
+    from sdk.models.chat import answer_conversations
     from sdk.train.replay import general_instructions, replay_instructions
 
     rows = replay_instructions(min(n, len(general_instructions())), seed)
@@ -71,18 +71,24 @@ def general_texts(teacher, tokenizer, n: int, seed: int) -> list[str]:
     return [tokenizer.apply_chat_template(c + [{"role": "assistant", "content": a}], tokenize=False) for c, a in zip(convs, answers) if a.strip()]
 
 
-def run(
-    models: ModelsSettings, heal: HealSettings, seed: int, inputs: StudentInputs, teacher, teacher_name: str,
-    private_dir: Optional[Path] = None, train: Optional[TrainSettings] = None,
-) -> dict:  # fmt: skip
+@dataclass(frozen=True)
+class StudentSettings:
+    """The recipe sections the student build reads."""
+
+    models: ModelsSettings
+    heal: HealSettings
+    seed: int = 0
+    train: Optional[TrainSettings] = None  # its launcher (accelerate, deepspeed) runs the healing, as it runs training
+    private_dir: Optional[Path] = None  # with heal.cache false the student is built here (the run's own folder)
+
+
+def build(settings: StudentSettings, inputs: StudentInputs, teacher, teacher_name: str) -> dict:
     """Prune (when the student is `pruned`), heal (when heal.steps > 0 and the teacher is local), measure.
 
     `teacher` is the loaded teacher chat model (LocalChatModel), or None for an endpoint teacher.
-    With heal.cache false the student is built in `private_dir` (the run's own folder) instead of the
-    shared cache. With `train` whose launcher is accelerate or deepspeed, healing runs as a launched
-    job under that launcher and train.deepspeed, like the training stages. Returns the record written
-    to student_init.json.
+    Returns the record written to student_init.json.
     """
+    models, heal, seed, train, private_dir = settings.models, settings.heal, settings.seed, settings.train, settings.private_dir
     from sdk.models import describe, load_local
     from sdk.models.prune import choose_layers, prune_layers, target_layers
 
@@ -138,11 +144,12 @@ def run(
             log(f"healing the student: {heal.steps} steps of {'forward KL' if heal.beta == 0 else f'generalized JSD (beta {heal.beta})'} on {len(texts)} sequences ({len(inputs.train_chunks)} corpus chunks, {len(general)} general texts)")
             work = out.parent / f".{key}.work"  # checkpoints: a killed build resumes here
             if train is not None and train.launcher.kind != "local":
-                _heal_launched(Recipe(models=models, heal=heal, train=train, seed=seed), model, tokenizer, teacher.model, work, out, texts)
+                init = _save_once(model, tokenizer, work / "pruned")  # a resumed build reuses it
+                _heal_launched(Recipe(models=models, heal=heal, train=train, seed=seed), init, teacher.model, out, texts)
             else:
-                from sdk.train.heal import heal as heal_student
+                from sdk.train.heal import HealJob, heal as heal_student
 
-                heal_student(model, teacher.model, tokenizer, texts, heal, work / "checkpoints", out, seed)
+                heal_student(model, teacher.model, tokenizer, HealJob(texts, heal, work / "checkpoints", out, seed))
             info = json.loads((out / RECORD_FILE).read_text())
             (out / RECORD_FILE).write_text(json.dumps(dict(info, corpus_chunks=len(inputs.train_chunks), general_texts=len(general))))
             if record["prune"]:
@@ -161,20 +168,23 @@ def run(
     return record
 
 
-def _heal_launched(recipe: Recipe, student, tokenizer, teacher_model, work: Path, out: Path, texts: list[str]) -> None:
-    """Hand the pruned student to a launched heal job (sdk.train.launch); while it runs, this process keeps
-    no model on the GPU."""
+def _save_once(model, tokenizer, folder: Path) -> Path:
+    if not (folder / ".complete").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        _save(model, tokenizer, folder)
+        (folder / ".complete").write_text("ok\n")
+    return folder
+
+
+def _heal_launched(recipe: Recipe, init: Path, teacher_model, out: Path, texts: list[str]) -> None:
+    """Heal the pruned student in `init` in a launched job (sdk.train.launch); while it runs, this process
+    keeps no model on the GPU."""
     from sdk.train.launch import launch_heal
 
-    init = work / "pruned"
-    if not (init / ".complete").is_file():  # a resumed build reuses the pruned student it saved
-        shutil.rmtree(init, ignore_errors=True)
-        _save(student, tokenizer, init)
-        (init / ".complete").write_text("ok\n")
     device = teacher_model.device
     teacher_model.to("cpu")
     try:
-        launch_heal(recipe, work, init, out, texts)
+        launch_heal(recipe, init.parent, init, out, texts)
     finally:
         teacher_model.to(device)
 
@@ -202,3 +212,29 @@ def _build(target: Path, use_cache: bool, build) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     return target
+
+
+def run(ctx):
+    """The stage: the corpus split, the teacher's held-out answers, and the build."""
+    from sdk.models.chat import answer_conversations
+
+    train_chunks, _ = ctx.corpus_split()
+    white_box = ctx.white_box_teacher()
+    teacher_rows = [r for r in ctx.store.read_jsonl(ctx.layout.eval.teacher) if r["status"] == "ok" and r.get("answer")]
+    convs = answer_conversations(ctx.pack.spec.system_prompt, [r["instruction"] for r in teacher_rows])
+    inputs = StudentInputs(
+        train_chunks=[c["text"] for c in train_chunks],
+        heldout_chunks=ctx.heldout_texts(),
+        eval_prompts=[ctx.teacher.render(c) for c in convs] if white_box else [],
+        eval_answers=[r["answer"] for r in teacher_rows] if white_box else [],
+    )
+    r = ctx.recipe
+    settings = StudentSettings(r.models, r.heal, r.seed, r.train, ctx.layout.student_init_dir)
+    record = build(settings, inputs, ctx.teacher if white_box else None, ctx.name("teacher"))
+    return [ctx.store.write_json(ctx.layout.student_init, record)]
+
+
+STAGE = Stage(
+    "student", run, reads=("knowledge", "eval.teacher"), writes=("student_init",),
+    recipe=("seed", "domain", "models.student", "models.teacher", "heal", "eval.heldout_chunks", "train.launcher", "train.deepspeed"),
+)  # fmt: skip

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -83,16 +84,24 @@ def _trainer_class():
     return HealTrainer
 
 
-def heal_trainer(student, teacher, tokenizer, texts: list[str], settings: HealSettings, work_dir: Path, seed: int, deepspeed: Optional[str] = None):
-    """A ready-to-train HealTrainer: one pass over `texts` (steps * batch_size sequences).
+@dataclass(frozen=True)
+class HealJob:
+    texts: list[str]  # steps * batch_size sequences (heal_texts)
+    settings: HealSettings
+    work_dir: Path  # checkpoints: a killed job resumes from the newest
+    out_dir: Path  # the healed student, with heal.json
+    seed: int = 0
+    deepspeed: Optional[str] = None  # the ZeRO config of a launched job (train.deepspeed); None in this process
 
-    `deepspeed` is the ZeRO config of a launched job (train.deepspeed), None in this process.
-    """
+
+def heal_trainer(student, teacher, tokenizer, job: HealJob):
+    """A ready-to-train HealTrainer: one pass over job.texts."""
     from datasets import Dataset
     from trl import SFTConfig
 
+    settings, seed = job.settings, job.seed
     args = SFTConfig(
-        output_dir=str(work_dir),
+        output_dir=str(job.work_dir),
         max_length=settings.max_length,
         packing=False,
         dataset_text_field="text",
@@ -111,27 +120,27 @@ def heal_trainer(student, teacher, tokenizer, texts: list[str], settings: HealSe
         data_seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=False,
-        **device_kwargs(settings.bf16, deepspeed),
+        **device_kwargs(settings.bf16, job.deepspeed),
     )
-    data = Dataset.from_list([{"text": t} for t in texts])
+    data = Dataset.from_list([{"text": t} for t in job.texts])
     return _trainer_class()(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tokenizer, beta=settings.beta, temperature=settings.temperature)
 
 
-def heal(student, teacher, tokenizer, texts: list[str], settings: HealSettings, work_dir: Path, out_dir: Path, seed: int, deepspeed: Optional[str] = None) -> dict:
-    """Train, resuming from work_dir's newest checkpoint; save the healed student to out_dir; return its record.
+def heal(student, teacher, tokenizer, job: HealJob) -> dict:
+    """Train, resuming from job.work_dir's newest checkpoint; save the healed student to job.out_dir; return its record.
 
     Every rank of a launched job calls this (ZeRO-3 gathers the sharded weights for the save); rank 0
     writes out_dir/heal.json.
     """
-    trainer = heal_trainer(student, teacher, tokenizer, texts, settings, work_dir, seed, deepspeed)
-    metrics = run_trainer(trainer, work_dir)
-    save_stage_output(trainer, tokenizer, out_dir)
+    trainer = heal_trainer(student, teacher, tokenizer, job)
+    metrics = run_trainer(trainer, job.work_dir)
+    save_stage_output(trainer, tokenizer, job.out_dir)
     record = {
         "steps": metrics["steps"], "train_loss": metrics["train_loss"], "runtime_s": metrics["runtime_s"], "loss_history": metrics["loss_history"],
-        "sequences": len(texts), "processes": trainer.accelerator.num_processes, "deepspeed": bool(deepspeed),
+        "sequences": len(job.texts), "processes": trainer.accelerator.num_processes, "deepspeed": bool(job.deepspeed),
     }  # fmt: skip
     if is_main_process():
-        atomic_write_json(Path(out_dir) / RECORD_FILE, record)
+        atomic_write_json(Path(job.out_dir) / RECORD_FILE, record)
     barrier()
     return record
 
@@ -163,4 +172,4 @@ def run_heal_request(job_dir: Path, recipe) -> None:
         teacher, _ = load_local(recipe.models.teacher, recipe.models)
     texts = [row["text"] for row in read_jsonl(job_dir / TEXTS_FILE)]
     settings = HealSettings.model_validate(request["heal"])
-    heal(student, teacher, tokenizer, texts, settings, job_dir / "checkpoints", Path(request["out_dir"]), request["seed"], recipe.train.deepspeed)
+    heal(student, teacher, tokenizer, HealJob(texts, settings, job_dir / "checkpoints", Path(request["out_dir"]), request["seed"], recipe.train.deepspeed))

@@ -13,6 +13,8 @@ training, with a message that suggests the black-box objectives (sft, dpo).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import os
 
 from sdk.config import Recipe
@@ -113,7 +115,8 @@ def kd_stage(model, tokenizer, ctx: StageContext):
         teacher, t_tok = load_local(recipe.models.teacher, recipe.models)
     check_same_tokenizer(t_tok, tokenizer)
     stages = recipe.train.stages
-    unhealed = recipe.heal.steps == 0 and ctx.iter_dir.name == "iter_00"
+    first = ctx.init is None or (Path(ctx.init) / "prune.json").is_file()  # the initial student: the spec's, or the pruned folder
+    unhealed = recipe.heal.steps == 0 and first
     if kd.beta > 0.5 and unhealed and "sft" not in stages[: stages.index("kd")]:
         log(
             f"[yellow]kd with beta {kd.beta} (mostly reverse KL) starts from a student that was not fine-tuned: reverse KL is "

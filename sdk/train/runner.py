@@ -130,8 +130,23 @@ def run_stages(recipe: Recipe, iter_dir: Path, init: Optional[Path], out_dir: Pa
         del trainer, model
     if is_main_process():
         export_student(recipe, init, previous, Path(out_dir))
-        metrics["student"] = str(Path(out_dir).resolve())
-        metrics["lora"] = recipe.train.lora.enabled
-        atomic_write_json(iter_dir / METRICS_FILE, metrics)
+        metrics.update(student=str(Path(out_dir).resolve()), lora=recipe.train.lora.enabled, rows=len(ctx.rows), init=str(init) if init else "initial student")
+        atomic_write_json(iter_dir / METRICS_FILE, with_totals(metrics))
     barrier()
     return metrics
+
+
+def with_totals(metrics: dict) -> dict:
+    """The per-objective metrics plus the totals the report plots: steps and one loss curve over all objectives."""
+    history, offset = [], 0
+    for name, m in metrics.get("stages", {}).items():
+        for h in m.get("loss_history", []):
+            history.append({"step": h["step"] + offset, "loss": h["loss"], "stage": name})
+        offset += m.get("steps", 0)
+    losses = [h["loss"] for h in history]
+    return dict(metrics, steps=offset, loss_history=history, first_logged_loss=losses[0] if losses else None, last_logged_loss=losses[-1] if losses else None)
+
+
+def record_skipped(iter_dir: Path, reason: str) -> None:
+    """An iteration with nothing to train on keeps the previous student; its metrics say why."""
+    atomic_write_json(Path(iter_dir) / METRICS_FILE, {"skipped": reason, "steps": 0, "loss_history": []})

@@ -21,7 +21,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     from sdk.config import validate_recipe
-    from sdk.pipeline import quiet_libraries
+    from sdk.progress import quiet_libraries
     from sdk.train.launch import RECIPE_FILE, REQUEST_FILE
     from sdk.train.common import start_cpu_deepspeed
     from sdk.train.runner import run_stages
