@@ -45,7 +45,9 @@ def make_vocabulary(rng: random.Random, size: int = 6000) -> list[str]:
     return sorted(words)
 
 
-def synthetic_instructions(n: int, rng: random.Random, vocab: list[str], near_copy_rate: float = 0.0, base: list[str] | None = None) -> list[str]:
+def synthetic_instructions(
+    n: int, rng: random.Random, vocab: list[str], near_copy_rate: float = 0.0, base: list[str] | None = None
+) -> list[str]:
     """Instruction-like sentences: templates filled with 1-3 word topics; optionally light edits of `base`."""
     out = []
     for _ in range(n):
@@ -56,7 +58,9 @@ def synthetic_instructions(n: int, rng: random.Random, vocab: list[str], near_co
             continue
         topic = lambda: " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 3)))  # noqa: E731
         text = rng.choice(FRAMES).format(v=rng.choice(VERBS), t=topic(), t2=topic(), a=rng.choice(vocab))
-        out.append(text[0].upper() + text[1:] + (f" Use {rng.randint(2, 9)} bullet points." if rng.random() < 0.3 else ""))
+        out.append(
+            text[0].upper() + text[1:] + (f" Use {rng.randint(2, 9)} bullet points." if rng.random() < 0.3 else "")
+        )
     return out
 
 
@@ -71,7 +75,9 @@ def baseline(pool: list[str], candidates: list[str], threshold: float, processes
     with Pool(processes) as p:
         for cand in candidates:
             cand_tokens = _SCORER._tokenizer.tokenize(cand)
-            scores = p.map(partial(rouge_scorer._score_lcs, cand_tokens), tokens, chunksize=max(1, len(tokens) // (processes * 4)))
+            scores = p.map(
+                partial(rouge_scorer._score_lcs, cand_tokens), tokens, chunksize=max(1, len(tokens) // (processes * 4))
+            )
             keep = max((s.fmeasure for s in scores), default=0.0) < threshold
             decisions.append(keep)
             if keep:
@@ -89,13 +95,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pools", type=int, nargs="+", default=[5000, 50000])
     parser.add_argument("--candidates", type=int, default=500)
-    parser.add_argument("--baseline-sample", type=int, default=None, help="candidates the baseline decides (default: all at 5,000, 40 at 50,000)")
+    parser.add_argument(
+        "--baseline-sample",
+        type=int,
+        default=None,
+        help="candidates the baseline decides (default: all at 5,000, 40 at 50,000)",
+    )
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    print(f"{'pool':>7} {'cands':>6} {'checked':>8} {'agree':>7} {'kept':>5} {'baseline ms/cand':>17} {'ours ms/cand':>13} {'speed-up':>9}")
+    print(
+        f"{'pool':>7} {'cands':>6} {'checked':>8} {'agree':>7} {'kept':>5} {'baseline ms/cand':>17} {'ours ms/cand':>13} {'speed-up':>9}"
+    )
     for size in args.pools:
         rng = random.Random(args.seed + size)
         vocab = make_vocabulary(rng)
@@ -111,7 +124,9 @@ def main() -> None:
         agree = sum(a == b for a, b in zip(mine[:sample], theirs)) / sample
         per_ours = t_ours / len(candidates) * 1000
         per_base = t_base / sample * 1000
-        print(f"{size:>7} {len(candidates):>6} {sample:>8} {agree:>7.1%} {sum(mine):>5} {per_base:>17.2f} {per_ours:>13.3f} {per_base / per_ours:>8.0f}x")
+        print(
+            f"{size:>7} {len(candidates):>6} {sample:>8} {agree:>7.1%} {sum(mine):>5} {per_base:>17.2f} {per_ours:>13.3f} {per_base / per_ours:>8.0f}x"
+        )
         if agree < 1.0:
             raise SystemExit("decisions differ from rouge_score's: this is a bug")
 

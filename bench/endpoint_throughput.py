@@ -53,7 +53,14 @@ def main() -> None:
     convs = [[{"role": "user", "content": f"question {i}: what is {i} squared?"}] for i in range(args.requests)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        spec = ModelSpec(provider="openai", base_url=base_url, model="bench", concurrency=args.concurrency, cache_path=str(Path(tmp) / "responses.sqlite"), generation=GenerationSettings(max_new_tokens=16))
+        spec = ModelSpec(
+            provider="openai",
+            base_url=base_url,
+            model="bench",
+            concurrency=args.concurrency,
+            cache_path=str(Path(tmp) / "responses.sqlite"),
+            generation=GenerationSettings(max_new_tokens=16),
+        )
         model = load_chat_model(spec)
         model.generate([[{"role": "user", "content": f"warm-up {i}"}] for i in range(args.concurrency)])
         start = time.perf_counter()
@@ -67,8 +74,12 @@ def main() -> None:
 
     achieved = args.requests / elapsed
     ideal = args.concurrency / args.latency
-    print(f"{args.requests} requests, concurrency {args.concurrency}, server latency {args.latency * 1000:.0f} ms: {elapsed:.2f} s (load average {os.getloadavg()[0]:.1f})")
-    print(f"achieved {achieved:.1f} requests/s; ideal {ideal:.1f} requests/s (concurrency / latency); {100 * achieved / ideal:.1f}% of ideal (goal: >= 80%)")
+    print(
+        f"{args.requests} requests, concurrency {args.concurrency}, server latency {args.latency * 1000:.0f} ms: {elapsed:.2f} s (load average {os.getloadavg()[0]:.1f})"
+    )
+    print(
+        f"achieved {achieved:.1f} requests/s; ideal {ideal:.1f} requests/s (concurrency / latency); {100 * achieved / ideal:.1f}% of ideal (goal: >= 80%)"
+    )
 
 
 if __name__ == "__main__":

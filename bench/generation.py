@@ -18,7 +18,16 @@ from sdk.config import GenerationSettings, ModelsSettings
 from sdk.models import load_chat_model
 from sdk.models.base import ChatBackend
 
-TOPICS = ["blood pressure", "a fever in a child", "dehydration", "a sprained ankle", "insulin doses", "sepsis", "asthma inhalers", "a burn on the hand"]
+TOPICS = [
+    "blood pressure",
+    "a fever in a child",
+    "dehydration",
+    "a sprained ankle",
+    "insulin doses",
+    "sepsis",
+    "asthma inhalers",
+    "a burn on the hand",
+]
 FRAMES = [
     "What is {t}?",
     "Explain {t} to a patient in plain words.",
@@ -53,7 +62,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--rounds", type=int, default=2, help="each round runs every method once, in a rotated order, so load changes on a shared machine hit all alike")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="each round runs every method once, in a rotated order, so load changes on a shared machine hit all alike",
+    )
     args = parser.parse_args()
 
     import os
@@ -85,11 +99,15 @@ def main() -> None:
             tokens[name] += new_tokens(chat, outputs[name])
 
     rate = {name: tokens[name] / seconds[name] for name in methods}
-    print(f"embedded teacher {chat.name}: {args.prompts} prompts, up to {args.max_new_tokens} new tokens, batch {args.batch_size}, {args.rounds} rounds; torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"embedded teacher {chat.name}: {args.prompts} prompts, up to {args.max_new_tokens} new tokens, batch {args.batch_size}, {args.rounds} rounds; torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}"
+    )
     for name in methods:
         print(f"  {name:<24} {rate[name]:8.1f} tokens/s  ({seconds[name]:.1f} s)")
     base = rate["one at a time"]
-    print(f"speed-up vs one at a time: batched length-sorted {rate['batched, length-sorted'] / base:.2f}x, batched input order {rate['batched, input order'] / base:.2f}x")
+    print(
+        f"speed-up vs one at a time: batched length-sorted {rate['batched, length-sorted'] / base:.2f}x, batched input order {rate['batched, input order'] / base:.2f}x"
+    )
     same = sum(a == b for a, b in zip(outputs["one at a time"], outputs["batched, length-sorted"]))
     print(f"length-sorted batched answers identical to one-at-a-time: {same}/{len(convs)}")
 

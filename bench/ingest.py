@@ -71,7 +71,15 @@ def ours(corpus: Path, index_dir: Path, chunk_size: int, overlap: int) -> dict:
     start = time.perf_counter()
     again = ingest(corpus, index_dir, settings)
     warm = time.perf_counter() - start
-    return {"chunks": summary.chunks, "files": summary.files_seen, "seconds": cold, "rss_mb": rss, "index_type": summary.index_type, "warm_seconds": warm, "warm_embedded": again.chunks_embedded}
+    return {
+        "chunks": summary.chunks,
+        "files": summary.files_seen,
+        "seconds": cold,
+        "rss_mb": rss,
+        "index_type": summary.index_type,
+        "warm_seconds": warm,
+        "warm_embedded": again.chunks_embedded,
+    }
 
 
 def _child(fn, args, queue) -> None:
@@ -107,15 +115,21 @@ def main() -> None:
         mine = in_child(ours, corpus, work / "index", args.chunk_size, 16)
         rate = mine["chunks"] / mine["seconds"]
         print(f"corpus:    {mine['files']} files, {words:,} words")
-        print(f"ours:      {mine['chunks']} chunks in {mine['seconds']:.1f}s = {rate:.0f} chunks/s, {words / mine['seconds']:.0f} words/s, "
-              f"{mine['index_type']} index, peak RSS {mine['rss_mb']:.0f} MB")
-        print(f"re-ingest: unchanged corpus in {mine['warm_seconds']:.2f}s, {mine['warm_embedded']} chunks embedded, "
-              f"{mine['seconds'] / mine['warm_seconds']:.0f}x faster than the first ingest")
+        print(
+            f"ours:      {mine['chunks']} chunks in {mine['seconds']:.1f}s = {rate:.0f} chunks/s, {words / mine['seconds']:.0f} words/s, "
+            f"{mine['index_type']} index, peak RSS {mine['rss_mb']:.0f} MB"
+        )
+        print(
+            f"re-ingest: unchanged corpus in {mine['warm_seconds']:.2f}s, {mine['warm_embedded']} chunks embedded, "
+            f"{mine['seconds'] / mine['warm_seconds']:.0f}x faster than the first ingest"
+        )
         if not args.skip_baseline:
             base = in_child(baseline, corpus, args.chunk_size, 16)
             base_rate = base["chunks"] / base["seconds"]
-            print(f"baseline:  llama-index VectorStoreIndex.from_documents, {base['chunks']} chunks in {base['seconds']:.1f}s = {base_rate:.0f} chunks/s, "
-                  f"{words / base['seconds']:.0f} words/s, peak RSS {base['rss_mb']:.0f} MB")
+            print(
+                f"baseline:  llama-index VectorStoreIndex.from_documents, {base['chunks']} chunks in {base['seconds']:.1f}s = {base_rate:.0f} chunks/s, "
+                f"{words / base['seconds']:.0f} words/s, peak RSS {base['rss_mb']:.0f} MB"
+            )
             # from_documents counts file metadata against the chunk size, so its chunks are shorter and more
             # numerous: compare throughput on the same corpus text (words/s), not chunks/s.
             print(f"ratio:     ours / baseline, corpus words per second = {base['seconds'] / mine['seconds']:.2f}x")

@@ -70,7 +70,13 @@ def run_one(name: str, seed: int, args, extra: dict) -> dict:
     layout = RunLayout(run_dir)
     metrics = json.loads(layout.metrics.read_text())
     after = metrics["eval"]["after"]
-    row = {"seed": seed, "run_dir": str(run_dir), "wall_s": round(wall, 1), "labelled": metrics["data"]["teacher_ok"], "generated": metrics["data"]["generated"]}
+    row = {
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "wall_s": round(wall, 1),
+        "labelled": metrics["data"]["teacher_ok"],
+        "generated": metrics["data"]["generated"],
+    }
     row.update({key: after.get(key) for _, key, _ in METRICS})
     row["hard_ratio"] = [it["discrimination"].get("hard_ratio") for it in metrics["iterations"]]
     answers = [json.loads(line) for line in layout.eval.student_after.read_text().splitlines() if line.strip()]
@@ -86,7 +92,14 @@ def main() -> None:
     parser.add_argument("--preset", default="demo", choices=["smoke", "demo", "full"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=None, help="loop iterations (default: the preset's)")
-    parser.add_argument("--set", dest="set", action="append", default=[], metavar="KEY=VALUE", help="extra recipe override, for both recipes (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra recipe override, for both recipes (repeatable)",
+    )
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/distillery-bench-loop-vs-sft"))
     parser.add_argument("--keep-models", action="store_true", help="keep the students' weights in the run folders")
@@ -111,9 +124,16 @@ def main() -> None:
             row = run_one(name, seed, args, extra)
             results[name].append(row)
             shown = {k: v for k, v in row.items() if k not in ("answers", "run_dir")}
-            print(f"{name} seed {seed}: {json.dumps(shown)}; first answer {(row['answers'] or [''])[0]!r:.120}", flush=True)
+            print(
+                f"{name} seed {seed}: {json.dumps(shown)}; first answer {(row['answers'] or [''])[0]!r:.120}",
+                flush=True,
+            )
             if args.json:  # rewritten after every run, so a long bench that dies keeps what it measured
-                args.json.write_text(json.dumps({"preset": args.preset, "seeds": args.seeds, "overrides": extra, "results": results}, indent=2))
+                args.json.write_text(
+                    json.dumps(
+                        {"preset": args.preset, "seeds": args.seeds, "overrides": extra, "results": results}, indent=2
+                    )
+                )
     print_table(results, args, extra)
 
 
@@ -130,7 +150,10 @@ def fmt(values: list, digits: int) -> str:
 
 
 def ratio(results: dict[str, list[dict]], key: str) -> str:
-    loop, base = mean_sd([r[key] for r in results.get("loop", [])]), mean_sd([r[key] for r in results.get(BASELINE, [])])
+    loop, base = (
+        mean_sd([r[key] for r in results.get("loop", [])]),
+        mean_sd([r[key] for r in results.get(BASELINE, [])]),
+    )
     if loop is None or base is None or base[0] == 0:
         return "n/a"
     return f"{loop[0] / base[0]:.3f}"
@@ -141,8 +164,14 @@ def print_table(results: dict[str, list[dict]], args, extra: dict) -> None:
     header = f"{'recipe':<10} {'labelled':>13}" + "".join(f" {col:>15}" for col, _, _ in METRICS)
     print(header)
     for name, rows in results.items():
-        print(f"{name:<10} {fmt([r['labelled'] for r in rows], 1):>13}" + "".join(f" {fmt([r[key] for r in rows], d):>15}" for _, key, d in METRICS))
-    print(f"{'loop/' + BASELINE:<10} {ratio(results, 'labelled'):>13}" + "".join(f" {ratio(results, key):>15}" for _, key, _ in METRICS))
+        print(
+            f"{name:<10} {fmt([r['labelled'] for r in rows], 1):>13}"
+            + "".join(f" {fmt([r[key] for r in rows], d):>15}" for _, key, d in METRICS)
+        )
+    print(
+        f"{'loop/' + BASELINE:<10} {ratio(results, 'labelled'):>13}"
+        + "".join(f" {ratio(results, key):>15}" for _, key, _ in METRICS)
+    )
 
 
 if __name__ == "__main__":

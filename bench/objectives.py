@@ -79,7 +79,9 @@ RECIPES = {
 COLLAPSE_DISTINCT = 0.8  # a verdict threshold: below this, one answer repeats itself heavily
 
 
-def prepare(data_dir: Path, pack, teacher, system: str, train_size: int, max_eval: int, max_new: int) -> tuple[list[dict], dict[str, str]]:
+def prepare(
+    data_dir: Path, pack, teacher, system: str, train_size: int, max_eval: int, max_new: int
+) -> tuple[list[dict], dict[str, str]]:
     """The teacher answers the pack's seed tasks (the training pool) and the held-out eval prompts.
 
     Cached in data_dir per size and answer length; rows as the pipeline writes them to teacher.jsonl.
@@ -87,20 +89,40 @@ def prepare(data_dir: Path, pack, teacher, system: str, train_size: int, max_eva
     from sdk.models.chat import answer_conversations, clean_answer
     from sdk.store import atomic_write_jsonl, read_jsonl
 
-    train_file, eval_file = data_dir / f"teacher-{train_size}-{max_new}.jsonl", data_dir / f"eval_teacher-{max_eval}-{max_new}.jsonl"
+    train_file, eval_file = (
+        data_dir / f"teacher-{train_size}-{max_new}.jsonl",
+        data_dir / f"eval_teacher-{max_eval}-{max_new}.jsonl",
+    )
     if not (train_file.is_file() and eval_file.is_file()):
         seeds = [{"id": s.id, "instruction": s.instruction} for s in pack.seeds()][:train_size]
-        evals = [{"id": r["id"], "instruction": r["instruction"]} for r in (e.model_dump() for e in pack.eval_rows())][:max_eval]
+        evals = [{"id": r["id"], "instruction": r["instruction"]} for r in (e.model_dump() for e in pack.eval_rows())][
+            :max_eval
+        ]
         settings = teacher.settings.model_copy(update={"max_new_tokens": max_new, "temperature": 0.0})
         for rows, path in ((seeds, train_file), (evals, eval_file)):
-            answers = teacher.generate(answer_conversations(system, [r["instruction"] for r in rows]), settings=settings, description="teacher answers")
-            labelled = [dict(r, answer=clean_answer(a), status="ok" if a.strip() else "failed", source="seed", provenance={"stage": "bench"}) for r, a in zip(rows, answers)]
+            answers = teacher.generate(
+                answer_conversations(system, [r["instruction"] for r in rows]),
+                settings=settings,
+                description="teacher answers",
+            )
+            labelled = [
+                dict(
+                    r,
+                    answer=clean_answer(a),
+                    status="ok" if a.strip() else "failed",
+                    source="seed",
+                    provenance={"stage": "bench"},
+                )
+                for r, a in zip(rows, answers)
+            ]
             atomic_write_jsonl(path, labelled)
     train = [r for r in read_jsonl(train_file) if r["status"] == "ok"]
     return train, {r["id"]: r["answer"] for r in read_jsonl(eval_file)}
 
 
-def build_student(pack, models, teacher, system: str, eval_prompts: list[str], eval_answers: list[str], heal_steps: int, heldout: int) -> dict:
+def build_student(
+    pack, models, teacher, system: str, eval_prompts: list[str], eval_answers: list[str], heal_steps: int, heldout: int
+) -> dict:
     """The default student: the `student` stage's prune + heal, cache on (bench/pruning.py builds its inputs the same way)."""
     from sdk.config import HealSettings
     from sdk.knowledge.heldout import split_chunks
@@ -114,8 +136,15 @@ def build_student(pack, models, teacher, system: str, eval_prompts: list[str], e
     index_dir = cache_dir() / "bench" / f"index-{pack.name}"
     ingest(pack.corpus_dir(), index_dir, IndexSettings(chunk_size=r.chunk_size, chunk_overlap=r.chunk_overlap))
     train_chunks, held = split_chunks(read_jsonl(index_dir / "chunks.jsonl"))
-    inputs = student_stage.StudentInputs([c["text"] for c in train_chunks], [c["text"] for c in held][:heldout], eval_prompts, eval_answers)
-    record = student_stage.build(student_stage.StudentSettings(models, HealSettings(steps=heal_steps), 0), inputs, teacher, describe(models.teacher, models))
+    inputs = student_stage.StudentInputs(
+        [c["text"] for c in train_chunks], [c["text"] for c in held][:heldout], eval_prompts, eval_answers
+    )
+    record = student_stage.build(
+        student_stage.StudentSettings(models, HealSettings(steps=heal_steps), 0),
+        inputs,
+        teacher,
+        describe(models.teacher, models),
+    )
     if not record.get("path"):
         raise SystemExit(f"the student stage built no folder for {record['student']}")
     return record
@@ -136,10 +165,15 @@ def generate(model, tok, generation, system_prompt: str, instructions: list[str]
 
     settings = generation.model_copy(update={"max_new_tokens": max_new_tokens, "temperature": 0.0, "batch_size": 8})
     chat = LocalChatModel(model, tok, "student", settings)
-    return [clean_answer(a) for a in chat.generate(answer_conversations(system_prompt, instructions), description="student answers")]
+    return [
+        clean_answer(a)
+        for a in chat.generate(answer_conversations(system_prompt, instructions), description="student answers")
+    ]
 
 
-def referee_scores(teacher, system_prompt: str, instructions: list[str], answers: list[str]) -> tuple[list, list[float]]:
+def referee_scores(
+    teacher, system_prompt: str, instructions: list[str], answers: list[str]
+) -> tuple[list, list[float]]:
     """(teacher log-likelihoods, likelihood-referee scores); an empty answer scores the floor, 1."""
     from sdk.adversarial.referee import likelihood_score
     from sdk.models.chat import answer_conversations
@@ -168,7 +202,9 @@ def assess(folder, teacher, generation, ctx: dict) -> dict:
     degen = degeneration_summary(answers)
     lls, scores = referee_scores(teacher, ctx["system"], ctx["instructions"], answers)
     ids = [r["id"] for r in ctx["eval_rows"]]
-    summary = score_answers(ctx["eval_rows"], dict(zip(ids, answers)), ctx["teacher_answers"], dict(zip(ids, lls)))["summary"]
+    summary = score_answers(ctx["eval_rows"], dict(zip(ids, answers)), ctx["teacher_answers"], dict(zip(ids, lls)))[
+        "summary"
+    ]
     return {
         "kl": fid["kl_per_token"],
         "top1": fid["top1_agreement"],
@@ -189,20 +225,28 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-size", type=int, default=48, help="seed tasks the teacher answers for training")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/distillery-bench-objectives/work"))
-    parser.add_argument("--batch-size", type=int, default=2, help="train.batch_size of every stage (sequences up to 256 tokens)")
-    parser.add_argument("--steps", type=int, default=32, help="optimizer steps per recipe (split evenly over its stages)")
+    parser.add_argument(
+        "--batch-size", type=int, default=2, help="train.batch_size of every stage (sequences up to 256 tokens)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=32, help="optimizer steps per recipe (split evenly over its stages)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-eval", type=int, default=20, help="held-out prompts scored")
-    parser.add_argument("--heal-steps", type=int, default=40, help="healing steps of the default student (HealSettings.steps)")
-    parser.add_argument("--sft-lr", type=float, default=5e-5, help="train.learning_rate: sft's (and kd's, by its default) learning rate")
+    parser.add_argument(
+        "--heal-steps", type=int, default=40, help="healing steps of the default student (HealSettings.steps)"
+    )
+    parser.add_argument(
+        "--sft-lr", type=float, default=5e-5, help="train.learning_rate: sft's (and kd's, by its default) learning rate"
+    )
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     args = parser.parse_args(argv)
 
     from sdk.adversarial.pairs import teacher_over_student
     from sdk.config import ModelsSettings, load_recipe
-    from sdk.models.chat import answer_conversations
     from sdk.models import load_chat_model
+    from sdk.models.chat import answer_conversations
     from sdk.packs import resolve_pack
     from sdk.progress import quiet_libraries
     from sdk.train.runner import train_student
@@ -215,31 +259,67 @@ def main(argv=None) -> None:
     max_new = base.eval.max_new_tokens
     teacher = load_chat_model(models.teacher, models)
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    train_rows, teacher_answers = prepare(args.work_dir / "data", pack, teacher, system, args.train_size, args.max_eval, max_new)
+    train_rows, teacher_answers = prepare(
+        args.work_dir / "data", pack, teacher, system, args.train_size, args.max_eval, max_new
+    )
     eval_rows = [r.model_dump() for r in pack.eval_rows()][: args.max_eval]
     instructions = [r["instruction"] for r in eval_rows]
     teacher_list = [teacher_answers[r["id"]] for r in eval_rows]
-    prompts = [teacher.render(c) for c in answer_conversations(system, instructions)]  # rendered chat prompts, generation prompt included
+    prompts = [
+        teacher.render(c) for c in answer_conversations(system, instructions)
+    ]  # rendered chat prompts, generation prompt included
     _, teacher_scores = referee_scores(teacher, system, instructions, teacher_list)
-    ctx = {"system": system, "instructions": instructions, "prompts": prompts, "teacher_list": teacher_list, "teacher_answers": teacher_answers,
-           "eval_rows": eval_rows, "teacher_total": sum(teacher_scores), "max_new": max_new}  # fmt: skip
+    ctx = {
+        "system": system,
+        "instructions": instructions,
+        "prompts": prompts,
+        "teacher_list": teacher_list,
+        "teacher_answers": teacher_answers,
+        "eval_rows": eval_rows,
+        "teacher_total": sum(teacher_scores),
+        "max_new": max_new,
+    }
 
-    record = build_student(pack, models, teacher, system, prompts, teacher_list, args.heal_steps, base.eval.heldout_chunks)
+    record = build_student(
+        pack, models, teacher, system, prompts, teacher_list, args.heal_steps, base.eval.heldout_chunks
+    )
     init = Path(record["path"])
     heal_line = {k: record.get(k) for k in ("key", "before_heal", "after_heal")}
-    print(f"default student {record['student']}: {len(record['prune']['kept'])} layers kept {record['prune']['kept']}, heal steps {args.heal_steps}, folder {init}; {json.dumps(heal_line)}", flush=True)
+    print(
+        f"default student {record['student']}: {len(record['prune']['kept'])} layers kept {record['prune']['kept']}, heal steps {args.heal_steps}, folder {init}; {json.dumps(heal_line)}",
+        flush=True,
+    )
     generation = models.student.generation
 
     # DPO pairs: the teacher's answer over the untrained student's (as the loop's first iteration builds them)
     pairs: list[dict] = []
     if any("dpo" in RECIPES[name]["stages"] for name in args.recipes):
-        initial_file = args.work_dir / f"student_initial_train_answers-{record['key']}-{args.train_size}-{models.teacher.generation.max_new_tokens}.json"
+        initial_file = (
+            args.work_dir
+            / f"student_initial_train_answers-{record['key']}-{args.train_size}-{models.teacher.generation.max_new_tokens}.json"
+        )
         if not initial_file.is_file():
             model, tok = load_student(init, teacher.device)
-            initial_file.write_text(json.dumps(generate(model, tok, generation, system, [r["instruction"] for r in train_rows], models.teacher.generation.max_new_tokens)))
+            initial_file.write_text(
+                json.dumps(
+                    generate(
+                        model,
+                        tok,
+                        generation,
+                        system,
+                        [r["instruction"] for r in train_rows],
+                        models.teacher.generation.max_new_tokens,
+                    )
+                )
+            )
             del model
         initial = json.loads(initial_file.read_text())
-        pairs = teacher_over_student([{"id": r["id"], "instruction": r["instruction"], "teacher_answer": r["answer"], "student_answer": s} for r, s in zip(train_rows, initial)])
+        pairs = teacher_over_student(
+            [
+                {"id": r["id"], "instruction": r["instruction"], "teacher_answer": r["answer"], "student_answer": s}
+                for r, s in zip(train_rows, initial)
+            ]
+        )
 
     results: dict[str, list[dict]] = {"untrained": [dict(assess(init, teacher, generation, ctx), seed=args.seeds[0])]}
     show(results["untrained"][0], "untrained")
@@ -254,9 +334,16 @@ def main(argv=None) -> None:
             if pairs:
                 (iter_dir / "dpo_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
             overrides = {
-                "seed": seed, "data.max_eval": args.max_eval, "train.stages": spec["stages"], "train.learning_rate": args.sft_lr, "train.batch_size": args.batch_size, "train.max_seq_length": 256,
-                "train.max_steps": max(1, args.steps // len(spec["stages"])), "train.save_steps": 10_000, "train.logging_steps": 1,
-            }  # fmt: skip
+                "seed": seed,
+                "data.max_eval": args.max_eval,
+                "train.stages": spec["stages"],
+                "train.learning_rate": args.sft_lr,
+                "train.batch_size": args.batch_size,
+                "train.max_seq_length": 256,
+                "train.max_steps": max(1, args.steps // len(spec["stages"])),
+                "train.save_steps": 10_000,
+                "train.logging_steps": 1,
+            }
             for key, value in spec.get("kd", {}).items():
                 overrides[f"train.kd.{key}"] = value  # the divergence only; kd.learning_rate stays the recipe default
             recipe = load_recipe(None, overrides=overrides)
@@ -266,15 +353,29 @@ def main(argv=None) -> None:
             stages = metrics["stages"].values()
             steps = sum(m["steps"] for m in stages)
             row = assess(work / "student", teacher, generation, ctx)
-            row.update(seed=seed, steps=steps, time_per_step=sum(m["runtime_s"] for m in stages) / steps, wall_s=round(wall, 1),
-                       learning_rates=learning_rates(recipe))  # fmt: skip
+            row.update(
+                seed=seed,
+                steps=steps,
+                time_per_step=sum(m["runtime_s"] for m in stages) / steps,
+                wall_s=round(wall, 1),
+                learning_rates=learning_rates(recipe),
+            )
             results.setdefault(name, []).append(row)
             show(row, f"{name} seed {seed}")
             shutil.rmtree(work, ignore_errors=True)
 
     if args.json:
-        args.json.write_text(json.dumps({"student": record, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "results": results}, indent=2))
-    print_table(results, args, instructions[0], teacher_list[0])
+        args.json.write_text(
+            json.dumps(
+                {
+                    "student": record,
+                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
+    print_table(results, args, record, instructions[0], teacher_list[0])
 
 
 def learning_rates(recipe) -> dict[str, float]:
@@ -313,12 +414,16 @@ def verdict(rows: list[dict]) -> str:
     return f"ok (no empty answer, min distinct-trigram ratio {low:.2f})" if low is not None else "ok (no answers)"
 
 
-def print_table(results: dict[str, list[dict]], args, first_prompt: str, first_teacher: str) -> None:
+def print_table(results: dict[str, list[dict]], args, record: dict, first_prompt: str, first_teacher: str) -> None:
     sft_step = statistics.fmean(r["time_per_step"] for r in results["sft"]) if "sft" in results else None
-    print(f"\n{args.steps} optimizer steps per recipe, seeds {args.seeds}, {args.train_size} training and {args.max_eval} held-out medicine prompts; "
-          f"student: the default ({record['prune']['method']}, {len(record['prune']['kept'])} of {record['prune']['base_layers']} layers) healed {args.heal_steps} steps; sft lr {args.sft_lr}, other objectives at their recipe defaults")  # fmt: skip
-    print(f"{'recipe':<11} {'KL':>15} {'top1':>15} {'distinct':>13} {'min_distinct':>12} {'looping':>7} {'empty':>6} "
-          f"{'rougeL':>15} {'loglik':>15} {'keypoints':>15} {'relative %':>15} {'step_vs_sft':>11}")  # fmt: skip
+    print(
+        f"\n{args.steps} optimizer steps per recipe, seeds {args.seeds}, {args.train_size} training and {args.max_eval} held-out medicine prompts; "
+        f"student: the default ({record['prune']['method']}, {len(record['prune']['kept'])} of {record['prune']['base_layers']} layers) healed {args.heal_steps} steps; sft lr {args.sft_lr}, other objectives at their recipe defaults"
+    )
+    print(
+        f"{'recipe':<11} {'KL':>15} {'top1':>15} {'distinct':>13} {'min_distinct':>12} {'looping':>7} {'empty':>6} "
+        f"{'rougeL':>15} {'loglik':>15} {'keypoints':>15} {'relative %':>15} {'step_vs_sft':>11}"
+    )
     for name, rows in results.items():
         step = "-"
         if sft_step and "time_per_step" in rows[0]:

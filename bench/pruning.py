@@ -39,7 +39,9 @@ def spec_for(config: str):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="method:size, size = layers kept (every_k: k)")
+    parser.add_argument(
+        "--configs", nargs="+", default=DEFAULT_CONFIGS, help="method:size, size = layers kept (every_k: k)"
+    )
     parser.add_argument("--heal-steps", type=int, default=40)
     parser.add_argument("--max-eval", type=int, default=24)
     parser.add_argument("--domain", default="medical")
@@ -47,11 +49,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from sdk.config import HealSettings, ModelsSettings
-    from sdk.models.chat import answer_conversations, clean_answer
     from sdk.evaluate.fidelity import perplexity
     from sdk.knowledge.heldout import split_chunks
     from sdk.knowledge.ingest import IndexSettings, ingest
     from sdk.models import describe, load_chat_model
+    from sdk.models.chat import answer_conversations, clean_answer
     from sdk.packs import resolve_pack
     from sdk.paths import cache_dir
     from sdk.progress import quiet_libraries
@@ -70,17 +72,34 @@ def main(argv=None) -> None:
     evals = [e.instruction for e in pack.eval_rows()][: args.max_eval]
     convs = answer_conversations(pack.spec.system_prompt, evals)
     answers = [clean_answer(a) for a in teacher.generate(convs, description="teacher answers eval set")]
-    inputs = student_stage.StudentInputs([c["text"] for c in train_chunks], [c["text"] for c in held][:16], [teacher.render(c) for c in convs], answers)
+    inputs = student_stage.StudentInputs(
+        [c["text"] for c in train_chunks], [c["text"] for c in held][:16], [teacher.render(c) for c in convs], answers
+    )
     teacher_ppl = perplexity(teacher.model, teacher.tokenizer, inputs.heldout_chunks)["ppl"]
-    print(f"{len(train_chunks)} calibration/healing chunks, {len(held)} held out; {len(evals)} held-out prompts; teacher ppl on held-out chunks {teacher_ppl}")
+    print(
+        f"{len(train_chunks)} calibration/healing chunks, {len(held)} held out; {len(evals)} held-out prompts; teacher ppl on held-out chunks {teacher_ppl}"
+    )
 
     results = []
     heal = HealSettings(steps=args.heal_steps, cache=False)
     for config in args.configs:
         start = time.time()
-        record = student_stage.build(student_stage.StudentSettings(models.model_copy(update={"student": spec_for(config)}), heal, 0), inputs, teacher, describe(models.teacher, models))
+        record = student_stage.build(
+            student_stage.StudentSettings(models.model_copy(update={"student": spec_for(config)}), heal, 0),
+            inputs,
+            teacher,
+            describe(models.teacher, models),
+        )
         before, after = record.get("before_heal") or {}, record.get("after_heal") or {}
-        results.append({"config": config, "kept": record["prune"]["kept"], "before": before, "after": after, "seconds": round(time.time() - start, 1)})
+        results.append(
+            {
+                "config": config,
+                "kept": record["prune"]["kept"],
+                "before": before,
+                "after": after,
+                "seconds": round(time.time() - start, 1),
+            }
+        )
         if record.get("path") and args.heal_steps:
             import shutil
 
@@ -93,9 +112,13 @@ def main(argv=None) -> None:
     for r in results:
         b, a = r["before"], r["after"] or r["before"]
         ratio = f"{a['kl_per_token'] / ((base['after'] or base['before'])['kl_per_token']):.2f}" if base else "-"
-        print(f"{r['config']:<20} {len(r['kept']):>6} {b['kl_per_token']:>6.2f} -> {a['kl_per_token']:<5.2f} {b['top1_agreement']:>6.1%} -> {a['top1_agreement']:<6.1%} {b['domain_ppl']:>7.0f} -> {a['domain_ppl']:<7.0f} {ratio:>6}")
+        print(
+            f"{r['config']:<20} {len(r['kept']):>6} {b['kl_per_token']:>6.2f} -> {a['kl_per_token']:<5.2f} {b['top1_agreement']:>6.1%} -> {a['top1_agreement']:<6.1%} {b['domain_ppl']:>7.0f} -> {a['domain_ppl']:<7.0f} {ratio:>6}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"teacher_ppl": teacher_ppl, "heal_steps": args.heal_steps, "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps({"teacher_ppl": teacher_ppl, "heal_steps": args.heal_steps, "results": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -41,26 +41,30 @@ def distill(
     preset: str | None = "demo",
     run_dir: str | os.PathLike | None = None,
     config: str | os.PathLike | None = None,
-    pack_paths: list[str | os.PathLike] | None = None,
     set: list[str] | None = None,  # noqa: A002  ("--set key=value" strings, as on the CLI)
     **overrides: Any,
 ) -> RunResult:
     """Distill a student for `domain` and return its RunResult (run_dir, metrics, student_path).
 
-    Overrides use `__` for nesting (`train__epochs=2`) or nested dicts (`train={"epochs": 2}`).
+    Overrides are recipe keys: `__` for nesting (`train__epochs=2`) or nested dicts (`train={"epochs": 2}`);
+    `pack_paths=[folder, ...]` adds folders to discover packs in.
     """
     items = {".".join(parts): value for parts, value in map(parse_override, set or [])}
     items.update(_flatten_overrides(overrides))
     items["domain"] = domain
-    if pack_paths:
-        items["pack_paths"] = [str(p) for p in pack_paths]
+    if items.get("pack_paths"):
+        items["pack_paths"] = [str(p) for p in items["pack_paths"]]
     recipe = load_recipe(preset, config, items)
     run_dir = Path(run_dir) if run_dir else default_run_dir(domain, recipe.preset)
     store = RunStore(run_dir)
     if store.manifest["stages"]:
-        raise ConfigError(f"run directory {run_dir} already holds a run: use `distill resume {run_dir}` or another --run-dir")
+        raise ConfigError(
+            f"run directory {run_dir} already holds a run: use `distill resume {run_dir}` or another --run-dir"
+        )
     pipeline = Pipeline(recipe, store)  # resolves the pack before anything is written
-    atomic_write_text(store.layout.config, pipeline.recipe.to_yaml())  # the resolved recipe: the pack's defaults merged in
+    atomic_write_text(
+        store.layout.config, pipeline.recipe.to_yaml()
+    )  # the resolved recipe: the pack's defaults merged in
     return pipeline.run()
 
 
@@ -81,7 +85,9 @@ def resume(run_dir: str | os.PathLike, set: list[str] | None = None) -> RunResul
     old = load_run_recipe(run_dir)
     recipe, changed = old, []
     if set:
-        recipe = validate_recipe(apply_overrides(old.model_dump(mode="json"), set), source=f"{run_dir}/config.yaml with --set")
+        recipe = validate_recipe(
+            apply_overrides(old.model_dump(mode="json"), set), source=f"{run_dir}/config.yaml with --set"
+        )
         changed = changed_keys(old.model_dump(mode="json"), recipe.model_dump(mode="json"))
     store = RunStore(run_dir)
     pipeline = Pipeline(recipe, store, changed)  # refuses a change to a section a finished stage read

@@ -6,7 +6,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -14,7 +14,9 @@ from rich.table import Table
 
 from sdk.errors import DistilleryError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distill a small domain assistant from a teacher LLM.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Distill a small domain assistant from a teacher LLM."
+)
 packs_app = typer.Typer(no_args_is_help=True, help="List, show, validate and scaffold domain packs.")
 app.add_typer(packs_app, name="packs")
 cache_app = typer.Typer(no_args_is_help=True, help="The persistent response cache shared by all runs on this machine.")
@@ -29,11 +31,15 @@ def _finish(result, strict: bool = False) -> None:
     from sdk.report import iteration_table, summary_table
 
     if result.status != "finished":  # e.g. a budget was reached: the reason has been printed
-        out.print(f"run directory: {result.run_dir} (status: {result.status}; finish it with `distill resume {result.run_dir}`)")
+        out.print(
+            f"run directory: {result.run_dir} (status: {result.status}; finish it with `distill resume {result.run_dir}`)"
+        )
         return
     out.print(iteration_table(result.metrics))
     out.print(summary_table(result.metrics))
-    out.print(f"run directory: {result.run_dir}\nstudent: {result.student_path}\nreport: {Path(result.run_dir) / 'report.html'}")
+    out.print(
+        f"run directory: {result.run_dir}\nstudent: {result.student_path}\nreport: {Path(result.run_dir) / 'report.html'}"
+    )
     failed = [v for v in result.metrics.get("checks", {}).values() if v != "passed"]
     if strict and failed:
         Console(stderr=True).print(f"--strict: {'; '.join(failed)}")
@@ -45,21 +51,29 @@ def run(
     domain: str = typer.Option(..., "--domain", "-d", help="pack name or alias, e.g. medical"),
     preset: str = typer.Option("demo", help="smoke | demo | full"),
     config: Optional[Path] = typer.Option(None, "--config", help="recipe YAML layered over the preset"),
-    set_: List[str] = typer.Option([], "--set", help="override a recipe key: --set train.epochs=2 (repeatable)"),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where to write the run (default runs/<domain>-<preset>-<time>)"),
-    pack_path: List[Path] = typer.Option([], "--pack-path", help="extra folder to discover packs in (repeatable)"),
+    set_: list[str] = typer.Option([], "--set", help="override a recipe key: --set train.epochs=2 (repeatable)"),
+    run_dir: Optional[Path] = typer.Option(
+        None, "--run-dir", help="where to write the run (default runs/<domain>-<preset>-<time>)"
+    ),
+    pack_path: list[Path] = typer.Option([], "--pack-path", help="extra folder to discover packs in (repeatable)"),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ):
     """Run the distillation loop for a domain."""
     from sdk.api import distill
 
-    _finish(distill(domain=domain, preset=preset, run_dir=run_dir, config=config, pack_paths=pack_path, set=set_), strict)
+    _finish(
+        distill(domain=domain, preset=preset, run_dir=run_dir, config=config, pack_paths=pack_path, set=set_), strict
+    )
 
 
 @app.command()
 def resume(
     run_dir: Path = typer.Argument(..., help="a run directory made by `distill run`"),
-    set_: List[str] = typer.Option([], "--set", help="change a recipe key before resuming, e.g. a budget: --set models.teacher.budget.max_calls=500"),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help="change a recipe key before resuming, e.g. a budget: --set models.teacher.budget.max_calls=500",
+    ),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ):
     """Finish a stopped run; finished stages and teacher calls are not paid for again."""
@@ -94,7 +108,7 @@ def ingest(
     chunk_overlap: Optional[int] = typer.Option(None, help="overlap in tokens (default: the pack's, else 48)"),
     index_type: str = typer.Option("auto", help="auto | flat | hnsw | ivf"),
     flat_max_vectors: int = typer.Option(20000, help="auto: flat index up to this many chunks, HNSW beyond"),
-    pack_path: List[Path] = typer.Option([], "--pack-path"),
+    pack_path: list[Path] = typer.Option([], "--pack-path"),
 ):
     """Read, chunk, embed and index a corpus (llama-index + sentence-transformers + FAISS)."""
     from sdk.knowledge.ingest import IndexSettings
@@ -112,12 +126,21 @@ def ingest(
     settings.chunk_size = chunk_size or settings.chunk_size
     settings.chunk_overlap = chunk_overlap if chunk_overlap is not None else settings.chunk_overlap
     if settings.chunk_overlap >= settings.chunk_size:
-        raise DistilleryError(f"--chunk-overlap ({settings.chunk_overlap}) must be smaller than --chunk-size ({settings.chunk_size})")
+        raise DistilleryError(
+            f"--chunk-overlap ({settings.chunk_overlap}) must be smaller than --chunk-size ({settings.chunk_size})"
+        )
     summary = run_ingest(corpus, index_dir, settings)
     table = Table(title=f"ingest {corpus}")
     table.add_column("")
     table.add_column("count", justify="right")
-    for label, value in (("files seen", summary.files_seen), ("files read", summary.files_indexed), ("files unchanged (reused)", summary.files_reused), ("files skipped", len(summary.skipped)), ("chunks", summary.chunks), ("chunks embedded now", summary.chunks_embedded)):
+    for label, value in (
+        ("files seen", summary.files_seen),
+        ("files read", summary.files_indexed),
+        ("files unchanged (reused)", summary.files_reused),
+        ("files skipped", len(summary.skipped)),
+        ("chunks", summary.chunks),
+        ("chunks embedded now", summary.chunks_embedded),
+    ):
         table.add_row(label, str(value))
     table.caption = f"{summary.index_type} index in {summary.index_dir} · {summary.seconds:.1f}s"
     out.print(table)
@@ -163,11 +186,13 @@ def filter_cmd(
     from sdk.curation.diversity import filter_jsonl
 
     stats = filter_jsonl(pool, candidates, out_file, rejected, rouge_threshold, cosine_threshold)
-    out.print(f"kept {stats['kept']} of {stats['candidates']} candidates ({stats['rouge']} dropped by ROUGE-L, {stats['cosine']} by cosine) -> {out_file}")
+    out.print(
+        f"kept {stats['kept']} of {stats['candidates']} candidates ({stats['rouge']} dropped by ROUGE-L, {stats['cosine']} by cosine) -> {out_file}"
+    )
 
 
 @packs_app.command("list")
-def packs_list(pack_path: List[Path] = typer.Option([], "--pack-path")):
+def packs_list(pack_path: list[Path] = typer.Option([], "--pack-path")):
     """Table of discovered packs."""
     from sdk.packs import discover_packs
 
@@ -177,13 +202,25 @@ def packs_list(pack_path: List[Path] = typer.Option([], "--pack-path")):
     for pack in discover_packs(pack_path).values():
         s = pack.spec
         files = pack.corpus_files()
-        words = sum(len(re.sub(r"<[^>]+>", " ", f.read_text(encoding="utf-8", errors="replace")).split()) for f in files)  # HTML tags are not words
-        table.add_row(s.name, ", ".join(s.aliases), s.version, str(len(files)), f"{words:,}", str(len(pack.seeds())), str(len(pack.eval_rows())), s.licence, pack.source)
+        words = sum(
+            len(re.sub(r"<[^>]+>", " ", f.read_text(encoding="utf-8", errors="replace")).split()) for f in files
+        )  # HTML tags are not words
+        table.add_row(
+            s.name,
+            ", ".join(s.aliases),
+            s.version,
+            str(len(files)),
+            f"{words:,}",
+            str(len(pack.seeds())),
+            str(len(pack.eval_rows())),
+            s.licence,
+            pack.source,
+        )
     out.print(table)
 
 
 @packs_app.command("show")
-def packs_show(name: str, pack_path: List[Path] = typer.Option([], "--pack-path")):
+def packs_show(name: str, pack_path: list[Path] = typer.Option([], "--pack-path")):
     """Show one pack's settings."""
     import yaml
 
@@ -217,11 +254,17 @@ def packs_new(name: str, path: Path = typer.Option(..., "--path", help="parent f
     from sdk.packs.scaffold import scaffold_pack
 
     root = scaffold_pack(name, path)
-    out.print(f"created {root}\nnext: edit it, then `distill packs validate {root}` and `distill run --domain {name} --pack-path {path} --preset smoke`")
+    out.print(
+        f"created {root}\nnext: edit it, then `distill packs validate {root}` and `distill run --domain {name} --pack-path {path} --preset smoke`"
+    )
 
 
 @cache_app.command("stats")
-def cache_stats(path: Optional[Path] = typer.Option(None, "--path", help="cache file (default: $DISTILLERY_RESPONSE_CACHE or <cache>/responses.sqlite)")):
+def cache_stats(
+    path: Optional[Path] = typer.Option(
+        None, "--path", help="cache file (default: $DISTILLERY_RESPONSE_CACHE or <cache>/responses.sqlite)"
+    ),
+):
     """Entries, size, hits and misses, per model."""
     from sdk.models.cache import ResponseCache
 
@@ -237,9 +280,13 @@ def cache_stats(path: Optional[Path] = typer.Option(None, "--path", help="cache 
 
 @cache_app.command("clear")
 def cache_clear(
-    model: Optional[str] = typer.Option(None, "--model", help="clear only this model's entries (as `cache stats` names it)"),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="clear only this model's entries (as `cache stats` names it)"
+    ),
     yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
-    path: Optional[Path] = typer.Option(None, "--path", help="cache file (default: $DISTILLERY_RESPONSE_CACHE or <cache>/responses.sqlite)"),
+    path: Optional[Path] = typer.Option(
+        None, "--path", help="cache file (default: $DISTILLERY_RESPONSE_CACHE or <cache>/responses.sqlite)"
+    ),
 ):
     """Delete cached replies (all, or one model's)."""
     from sdk.models.cache import ResponseCache

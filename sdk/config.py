@@ -33,21 +33,34 @@ class GenerationSettings(_Strict):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
     repetition_penalty: float = Field(1.1, ge=1.0, le=2.0, description="local models only")
-    batch_size: int = Field(8, ge=1, le=1024, description="prompts per forward pass (local) or concurrent requests (openai, unless concurrency is set)")
-    seed: Optional[int] = Field(None, ge=0, description="sampling seed sent to the endpoint; part of the response-cache key when temperature > 0")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="prompts per forward pass (local) or concurrent requests (openai, unless concurrency is set)",
+    )
+    seed: Optional[int] = Field(
+        None,
+        ge=0,
+        description="sampling seed sent to the endpoint; part of the response-cache key when temperature > 0",
+    )
 
 
 class BudgetSettings(_Strict):
     """Spend limits for one role. A limit that is reached stops the stage cleanly (null = no limit)."""
 
-    max_calls: Optional[int] = Field(None, ge=0, description="requests sent (local: generations); retries count, cache hits do not")
+    max_calls: Optional[int] = Field(
+        None, ge=0, description="requests sent (local: generations); retries count, cache hits do not"
+    )
     max_tokens: Optional[int] = Field(None, ge=0, description="prompt + completion tokens, from the server's usage")
-    max_cost: Optional[float] = Field(None, ge=0, description="spend in the price unit (e.g. USD); needs the two prices")
+    max_cost: Optional[float] = Field(
+        None, ge=0, description="spend in the price unit (e.g. USD); needs the two prices"
+    )
     prompt_price_per_mtok: Optional[float] = Field(None, ge=0, description="price of a million prompt tokens")
     completion_price_per_mtok: Optional[float] = Field(None, ge=0, description="price of a million completion tokens")
 
     @model_validator(mode="after")
-    def _cost_needs_prices(self) -> "BudgetSettings":
+    def _cost_needs_prices(self) -> BudgetSettings:
         if self.max_cost is not None and (self.prompt_price_per_mtok is None or self.completion_price_per_mtok is None):
             raise ValueError("max_cost needs prompt_price_per_mtok and completion_price_per_mtok")
         return self
@@ -60,41 +73,79 @@ class BudgetSettings(_Strict):
 class ModelSpec(_Strict):
     """One model role. `provider` decides which other fields matter."""
 
-    provider: Literal["embedded", "hf", "pruned", "openai"] = Field("embedded", description="where the model comes from")
+    provider: Literal["embedded", "hf", "pruned", "openai"] = Field(
+        "embedded", description="where the model comes from"
+    )
     name_or_path: Optional[str] = Field(None, description="hf: local folder or hub id")
     gguf_file: Optional[str] = Field(None, description="hf: a GGUF file inside name_or_path to dequantise")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("float32", description="weights dtype for local models")
-    # pruned
-    base: Literal["teacher", "referee", "generator"] = Field("teacher", description="pruned: the role whose model is pruned")
-    prune_method: Literal["angular", "block_influence", "every_k"] = Field(
-        "angular", description="pruned: angular = drop the contiguous block of layers whose input and output are closest (Gromov et al.); block_influence = drop the layers that change the hidden state least (ShortGPT); every_k = keep 0, k, 2k, ... The first and last layers are always kept"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights dtype for local models"
     )
-    num_layers: Optional[int] = Field(None, ge=2, le=1024, description="pruned: layers the student keeps (first and last included)")
-    keep_ratio: Optional[float] = Field(None, gt=0.0, le=1.0, description="pruned: share of the base's layers kept when num_layers is not set (null and no num_layers = 0.8)")
-    keep_every: Optional[int] = Field(None, ge=1, le=64, description="pruned, every_k: keep every k-th layer (0, k, 2k, ...) and the last")
-    keep_layers: Optional[list[int]] = Field(None, description="pruned: explicit layer indices to keep (overrides the method; may drop the first or last layer)")
-    calibration_chunks: int = Field(32, ge=1, le=100_000, description="pruned: corpus chunks the layers are scored on (never the held-out set)")
+    # pruned
+    base: Literal["teacher", "referee", "generator"] = Field(
+        "teacher", description="pruned: the role whose model is pruned"
+    )
+    prune_method: Literal["angular", "block_influence", "every_k"] = Field(
+        "angular",
+        description="pruned: angular = drop the contiguous block of layers whose input and output are closest (Gromov et al.); block_influence = drop the layers that change the hidden state least (ShortGPT); every_k = keep 0, k, 2k, ... The first and last layers are always kept",
+    )
+    num_layers: Optional[int] = Field(
+        None, ge=2, le=1024, description="pruned: layers the student keeps (first and last included)"
+    )
+    keep_ratio: Optional[float] = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="pruned: share of the base's layers kept when num_layers is not set (null and no num_layers = 0.8)",
+    )
+    keep_every: Optional[int] = Field(
+        None, ge=1, le=64, description="pruned, every_k: keep every k-th layer (0, k, 2k, ...) and the last"
+    )
+    keep_layers: Optional[list[int]] = Field(
+        None,
+        description="pruned: explicit layer indices to keep (overrides the method; may drop the first or last layer)",
+    )
+    calibration_chunks: int = Field(
+        32, ge=1, le=100_000, description="pruned: corpus chunks the layers are scored on (never the held-out set)"
+    )
     calibration_tokens: int = Field(256, ge=8, le=32768, description="pruned: tokens per calibration chunk")
     # openai-compatible endpoint
     base_url: Optional[str] = Field(None, description="openai: e.g. http://localhost:8000/v1")
     model: Optional[str] = Field(None, description="openai: the served model name")
     api_key_env: Optional[str] = Field(None, description="openai: NAME of the env var holding the key (never the key)")
     timeout_s: float = Field(60.0, gt=0, le=3600, description="openai: per-request timeout")
-    max_retries: int = Field(5, ge=0, le=50, description="openai: retries with backoff on 429, 5xx, timeouts and dropped connections")
-    max_malformed_retries: int = Field(2, ge=0, le=50, description="openai: re-asks after a malformed or empty reply before the row is recorded as failed")
-    backoff_base_s: float = Field(0.5, ge=0, le=600, description="openai: first retry waits about this long, doubling each time (with jitter)")
+    max_retries: int = Field(
+        5, ge=0, le=50, description="openai: retries with backoff on 429, 5xx, timeouts and dropped connections"
+    )
+    max_malformed_retries: int = Field(
+        2,
+        ge=0,
+        le=50,
+        description="openai: re-asks after a malformed or empty reply before the row is recorded as failed",
+    )
+    backoff_base_s: float = Field(
+        0.5, ge=0, le=600, description="openai: first retry waits about this long, doubling each time (with jitter)"
+    )
     backoff_max_s: float = Field(60.0, ge=0, le=3600, description="openai: cap on one wait, Retry-After included")
-    concurrency: Optional[int] = Field(None, ge=1, le=4096, description="openai: requests in flight at once (null = generation.batch_size)")
+    concurrency: Optional[int] = Field(
+        None, ge=1, le=4096, description="openai: requests in flight at once (null = generation.batch_size)"
+    )
     requests_per_minute: Optional[float] = Field(None, gt=0, description="openai: request rate limit (null = none)")
-    tokens_per_minute: Optional[float] = Field(None, gt=0, description="openai: token rate limit, prompt estimate + max_new_tokens per request (null = none)")
+    tokens_per_minute: Optional[float] = Field(
+        None, gt=0, description="openai: token rate limit, prompt estimate + max_new_tokens per request (null = none)"
+    )
     # every role
-    cache: Optional[bool] = Field(None, description="keep replies in the persistent response cache (null = on for openai, off for local models)")
-    cache_path: Optional[str] = Field(None, description="response cache file (null = $DISTILLERY_RESPONSE_CACHE or <cache>/responses.sqlite)")
+    cache: Optional[bool] = Field(
+        None, description="keep replies in the persistent response cache (null = on for openai, off for local models)"
+    )
+    cache_path: Optional[str] = Field(
+        None, description="response cache file (null = $DISTILLERY_RESPONSE_CACHE or <cache>/responses.sqlite)"
+    )
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
 
     @model_validator(mode="after")
-    def _provider_fields(self) -> "ModelSpec":
+    def _provider_fields(self) -> ModelSpec:
         if self.provider == "hf" and not self.name_or_path:
             raise ValueError("provider 'hf' needs name_or_path (a local folder or hub id)")
         if self.provider == "openai" and not (self.base_url and self.model):
@@ -108,7 +159,9 @@ class ModelSpec(_Strict):
         if self.num_layers is not None and self.keep_ratio is not None:
             raise ValueError("give num_layers or keep_ratio, not both")
         if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
-            raise ValueError("api_key_env must be the NAME of an environment variable (letters, digits, _), not the key itself")
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (letters, digits, _), not the key itself"
+            )
         return self
 
     @property
@@ -136,7 +189,7 @@ class ModelsSettings(_Strict):
     generator: ModelSpec = Field(default_factory=_default_generator)
 
     @model_validator(mode="after")
-    def _student_local(self) -> "ModelsSettings":
+    def _student_local(self) -> ModelsSettings:
         if self.student.provider == "openai":
             raise ValueError("the student is trained locally: provider 'openai' is not allowed for models.student")
         for role in ("teacher", "referee", "generator"):
@@ -151,23 +204,39 @@ class DataSettings(_Strict):
 
 
 class KnowledgeSettings(_Strict):
-    index_dir: Optional[str] = Field(None, description="where the corpus index lives (null = <cache>/indexes/<pack>); reused while unchanged")
-    index_type: Literal["auto", "flat", "hnsw", "ivf"] = Field("auto", description="FAISS index; auto = flat up to flat_max_vectors, HNSW beyond")
+    index_dir: Optional[str] = Field(
+        None, description="where the corpus index lives (null = <cache>/indexes/<pack>); reused while unchanged"
+    )
+    index_type: Literal["auto", "flat", "hnsw", "ivf"] = Field(
+        "auto", description="FAISS index; auto = flat up to flat_max_vectors, HNSW beyond"
+    )
     flat_max_vectors: int = Field(20000, ge=1)
-    embedder: str = Field("all-MiniLM-L6-v2", description="sentence-transformers model (folder or hub id); the default ships with the SDK")
+    embedder: str = Field(
+        "all-MiniLM-L6-v2", description="sentence-transformers model (folder or hub id); the default ships with the SDK"
+    )
 
 
 class CurationSettings(_Strict):
-    passages: int = Field(6, ge=0, le=1_000_000, description="corpus passages to synthesise instructions from (0 = seeds only)")
+    passages: int = Field(
+        6, ge=0, le=1_000_000, description="corpus passages to synthesise instructions from (0 = seeds only)"
+    )
     per_passage: int = Field(3, ge=1, le=50, description="instructions asked for per passage")
-    teacher_context: Literal["passage", "none"] = Field("passage", description="passage = the teacher answers with the source passage in its prompt (RAG teacher)")
-    min_words: int = Field(4, ge=1, le=1000, description="shorter instructions are dropped (Lion drops 3 words or fewer)")
+    teacher_context: Literal["passage", "none"] = Field(
+        "passage", description="passage = the teacher answers with the source passage in its prompt (RAG teacher)"
+    )
+    min_words: int = Field(
+        4, ge=1, le=1000, description="shorter instructions are dropped (Lion drops 3 words or fewer)"
+    )
     max_words: int = Field(150, ge=2, le=10000)
-    rouge_threshold: float = Field(0.7, gt=0.0, le=1.0, description="drop a candidate whose ROUGE-L F to any kept instruction is >= this")
-    cosine_threshold: Optional[float] = Field(0.9, gt=0.0, le=1.0, description="drop a candidate whose embedding cosine is >= this (null = off)")
+    rouge_threshold: float = Field(
+        0.7, gt=0.0, le=1.0, description="drop a candidate whose ROUGE-L F to any kept instruction is >= this"
+    )
+    cosine_threshold: Optional[float] = Field(
+        0.9, gt=0.0, le=1.0, description="drop a candidate whose embedding cosine is >= this (null = off)"
+    )
 
     @model_validator(mode="after")
-    def _bounds(self) -> "CurationSettings":
+    def _bounds(self) -> CurationSettings:
         if self.min_words > self.max_words:
             raise ValueError(f"min_words ({self.min_words}) must not exceed max_words ({self.max_words})")
         return self
@@ -179,30 +248,55 @@ class LoraSettings(_Strict):
     alpha: int = Field(32, ge=1, le=4096)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: str | list[str] = Field("all-linear", description="peft target_modules")
-    merge: bool = Field(True, description="also write the adapter merged into its base at student/ (false = student/ holds the adapter, base in student/base/)")
+    merge: bool = Field(
+        True,
+        description="also write the adapter merged into its base at student/ (false = student/ holds the adapter, base in student/base/)",
+    )
 
 
 class KDSettings(_Strict):
     """White-box logit distillation (TRL GKDTrainer): generalized JSD between teacher and student tokens."""
 
     beta: float = Field(0.5, ge=0.0, le=1.0, description="0 = forward KL, 0.5 = JSD, 1 = reverse KL (MiniLLM)")
-    lmbda: float = Field(0.5, ge=0.0, le=1.0, description="on-policy fraction: share of steps trained on the student's own samples")
-    temperature: float = Field(1.0, gt=0.0, le=10.0, description="softmax temperature of the divergence and of on-policy sampling")
+    lmbda: float = Field(
+        0.5, ge=0.0, le=1.0, description="on-policy fraction: share of steps trained on the student's own samples"
+    )
+    temperature: float = Field(
+        1.0, gt=0.0, le=10.0, description="softmax temperature of the divergence and of on-policy sampling"
+    )
     max_new_tokens: int = Field(64, ge=1, le=8192, description="tokens the student samples on an on-policy step")
-    learning_rate: Optional[float] = Field(None, gt=0, le=1.0, description="this objective's learning rate (null = train.learning_rate: KD is as stable as SFT)")
+    learning_rate: Optional[float] = Field(
+        None,
+        gt=0,
+        le=1.0,
+        description="this objective's learning rate (null = train.learning_rate: KD is as stable as SFT)",
+    )
 
 
 class DPOSettings(_Strict):
     """Preference optimisation (TRL DPOTrainer) on pairs the loop builds."""
 
     mode: Literal["teacher_over_student", "referee_ranked"] = Field(
-        "teacher_over_student", description="teacher_over_student = teacher's answer chosen over the student's on hard instructions; referee_ranked = best vs worst of sampled student answers"
+        "teacher_over_student",
+        description="teacher_over_student = teacher's answer chosen over the student's on hard instructions; referee_ranked = best vs worst of sampled student answers",
     )
-    beta: float = Field(0.1, gt=0.0, le=10.0, description="strength of the implicit KL to the reference (initial) student")
+    beta: float = Field(
+        0.1, gt=0.0, le=10.0, description="strength of the implicit KL to the reference (initial) student"
+    )
     samples: int = Field(4, ge=2, le=64, description="referee_ranked: student answers sampled per instruction")
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="sigmoid = the DPO paper's loss")
-    rpo_alpha: float = Field(1.0, ge=0.0, le=100.0, description="weight of the chosen answer's NLL added to the preference loss (RPO, arXiv 2404.19733; TRL's 'sft' loss term); it keeps DPO from unlearning fluent text; 0 = plain DPO")
-    learning_rate: float = Field(5e-6, gt=0, le=1.0, description="DPO's own learning rate: preference objectives take ~100x smaller steps than SFT (TRL's DPO examples use 5e-7 to 5e-6)")
+    rpo_alpha: float = Field(
+        1.0,
+        ge=0.0,
+        le=100.0,
+        description="weight of the chosen answer's NLL added to the preference loss (RPO, arXiv 2404.19733; TRL's 'sft' loss term); it keeps DPO from unlearning fluent text; 0 = plain DPO",
+    )
+    learning_rate: float = Field(
+        5e-6,
+        gt=0,
+        le=1.0,
+        description="DPO's own learning rate: preference objectives take ~100x smaller steps than SFT (TRL's DPO examples use 5e-7 to 5e-6)",
+    )
 
 
 class RLAIFSettings(_Strict):
@@ -211,24 +305,50 @@ class RLAIFSettings(_Strict):
     num_generations: int = Field(4, ge=2, le=256, description="completions sampled per prompt (the GRPO group)")
     max_new_tokens: int = Field(48, ge=1, le=8192, description="completion length")
     temperature: float = Field(1.0, gt=0.0, le=2.0, description="sampling temperature of the completions")
-    beta: float = Field(0.04, ge=0.0, le=10.0, description="KL penalty to the reference (pre-GRPO) student, the anchor that keeps it from drifting into reward hacks; 0 = none, and no reference model is kept")
+    beta: float = Field(
+        0.04,
+        ge=0.0,
+        le=10.0,
+        description="KL penalty to the reference (pre-GRPO) student, the anchor that keeps it from drifting into reward hacks; 0 = none, and no reference model is kept",
+    )
     learning_rate: float = Field(1e-6, gt=0, le=1.0, description="GRPO's own learning rate (TRL's GRPOConfig default)")
-    min_tokens: int = Field(16, ge=0, le=8192, description="length floor: a completion shorter than this has its score shrunk linearly towards the minimum (0 = off)")
-    penalty_warning: float = Field(1.0, ge=0.0, le=10.0, description="reward points taken off per verifier finding of severity warning")
-    penalty_error: float = Field(3.0, ge=0.0, le=10.0, description="reward points taken off per verifier finding of severity error")
+    min_tokens: int = Field(
+        16,
+        ge=0,
+        le=8192,
+        description="length floor: a completion shorter than this has its score shrunk linearly towards the minimum (0 = off)",
+    )
+    penalty_warning: float = Field(
+        1.0, ge=0.0, le=10.0, description="reward points taken off per verifier finding of severity warning"
+    )
+    penalty_error: float = Field(
+        3.0, ge=0.0, le=10.0, description="reward points taken off per verifier finding of severity error"
+    )
 
 
 class LauncherSettings(_Strict):
     """Where the training stage runs: in this process, or as its own multi-process job."""
 
-    kind: Literal["local", "accelerate", "deepspeed"] = Field("local", description="local = in this process; accelerate = `accelerate launch`; deepspeed = torchrun + train.deepspeed")
+    kind: Literal["local", "accelerate", "deepspeed"] = Field(
+        "local",
+        description="local = in this process; accelerate = `accelerate launch`; deepspeed = torchrun + train.deepspeed",
+    )
     num_processes: int = Field(1, ge=1, le=4096, description="processes (GPUs) per node for a launched stage")
-    config: Optional[str] = Field(None, description="accelerate: the --config_file (e.g. configs/accelerate/zero3.yaml); a bare name is looked up in the shipped configs/accelerate/")
-    extra_args: list[str] = Field(default_factory=list, description="more launcher arguments, e.g. ['--num_machines', '2', '--machine_rank', '0']")
+    config: Optional[str] = Field(
+        None,
+        description="accelerate: the --config_file (e.g. configs/accelerate/zero3.yaml); a bare name is looked up in the shipped configs/accelerate/",
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, description="more launcher arguments, e.g. ['--num_machines', '2', '--machine_rank', '0']"
+    )
 
 
 class TrainSettings(_Strict):
-    stages: list[Literal["sft", "kd", "dpo", "rlaif"]] = Field(default_factory=lambda: ["sft"], min_length=1, description="objectives run in order each iteration, e.g. [sft, kd]")
+    stages: list[Literal["sft", "kd", "dpo", "rlaif"]] = Field(
+        default_factory=lambda: ["sft"],
+        min_length=1,
+        description="objectives run in order each iteration, e.g. [sft, kd]",
+    )
     epochs: float = Field(3.0, gt=0, le=1000)
     max_steps: int = Field(-1, ge=-1, description="-1 = derive from epochs (per stage)")
     learning_rate: float = Field(1e-4, gt=0, le=1.0)
@@ -239,10 +359,21 @@ class TrainSettings(_Strict):
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     save_steps: int = Field(20, ge=1, description="checkpoint interval, so a killed run resumes mid-training")
     logging_steps: int = Field(5, ge=1)
-    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast; auto = on where a CUDA GPU supports it, or on a CPU with native bf16 (AVX512-BF16 or AMX)")
-    deepspeed: Optional[str] = Field(None, description="path to a DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); a bare name is looked up in the shipped configs/deepspeed/")
+    bf16: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="bf16 autocast; auto = on where a CUDA GPU supports it, or on a CPU with native bf16 (AVX512-BF16 or AMX)",
+    )
+    deepspeed: Optional[str] = Field(
+        None,
+        description="path to a DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); a bare name is looked up in the shipped configs/deepspeed/",
+    )
     gradient_checkpointing: bool = False
-    replay_fraction: float = Field(0.0, ge=0.0, le=0.5, description="share of each stage's data that is general-domain replay (guards against forgetting)")
+    replay_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="share of each stage's data that is general-domain replay (guards against forgetting)",
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings)
     kd: KDSettings = Field(default_factory=KDSettings)
     dpo: DPOSettings = Field(default_factory=DPOSettings)
@@ -250,7 +381,7 @@ class TrainSettings(_Strict):
     launcher: LauncherSettings = Field(default_factory=LauncherSettings)
 
     @model_validator(mode="after")
-    def _stages(self) -> "TrainSettings":
+    def _stages(self) -> TrainSettings:
         if len(set(self.stages)) != len(self.stages):
             raise ValueError(f"stages must not repeat an objective, got {self.stages}")
         if self.launcher.kind == "accelerate" and not self.launcher.config:
@@ -265,30 +396,51 @@ class AdversarialSettings(_Strict):
 
     iterations: int = Field(1, ge=1, le=1000, description="loop iterations; each writes iter_<k>/")
     referee: Literal["auto", "likelihood", "llm", "both"] = Field(
-        "auto", description="auto = likelihood when the teacher is a local (white-box) model, else llm; both = score with both and report agreement"
+        "auto",
+        description="auto = likelihood when the teacher is a local (white-box) model, else llm; both = score with both and report agreement",
     )
-    tau: Optional[float] = Field(None, gt=0.0, le=9.0, description="score gap (teacher - student, 1-10) that makes an instruction hard (null = the pack's)")
-    new_per_iteration: int = Field(16, ge=0, le=1_000_000, description="N_new: generated instructions kept per iteration")
-    max_attempts: int = Field(64, ge=0, le=10_000_000, description="generator calls allowed per iteration to reach N_new")
-    hard_share: float = Field(0.5, ge=0.0, le=1.0, description="share of generated instructions made from hard examples (Lion: 0.5)")
+    tau: Optional[float] = Field(
+        None,
+        gt=0.0,
+        le=9.0,
+        description="score gap (teacher - student, 1-10) that makes an instruction hard (null = the pack's)",
+    )
+    new_per_iteration: int = Field(
+        16, ge=0, le=1_000_000, description="N_new: generated instructions kept per iteration"
+    )
+    max_attempts: int = Field(
+        64, ge=0, le=10_000_000, description="generator calls allowed per iteration to reach N_new"
+    )
+    hard_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="share of generated instructions made from hard examples (Lion: 0.5)"
+    )
     feedback: Literal["referee", "none"] = Field(
         "referee",
         description="referee = generation draws parents from the referee's hard and easy instructions (Lion); "
         "none = the ablation baseline: parents drawn uniformly from the whole cache pool, the split ignored",
     )
-    max_refereed: Optional[int] = Field(None, ge=1, description="cap on cache-pool instructions refereed per iteration (sampled; null = all)")
-    severe_findings_hard: bool = Field(True, description="a verifier finding of severity 'error' on the student's answer makes the instruction hard")
+    max_refereed: Optional[int] = Field(
+        None, ge=1, description="cap on cache-pool instructions refereed per iteration (sampled; null = all)"
+    )
+    severe_findings_hard: bool = Field(
+        True, description="a verifier finding of severity 'error' on the student's answer makes the instruction hard"
+    )
     carry_fraction: float = Field(
-        0.5, ge=0.0, le=10.0,
+        0.5,
+        ge=0.0,
+        le=10.0,
         description="iterations after the first also train on earlier, already-labelled instructions: this many per new one (0 = new ones only, as in Lion)",
-    )  # fmt: skip
+    )
     generate_last: bool = Field(
-        False, description="the last iteration also generates new instructions; off by default, since no iteration would train on them (a later `distill resume --set adversarial.iterations=N+1` generates them then)"
+        False,
+        description="the last iteration also generates new instructions; off by default, since no iteration would train on them (a later `distill resume --set adversarial.iterations=N+1` generates them then)",
     )
     min_domain_similarity: Optional[float] = Field(
-        0.25, ge=-1.0, le=1.0,
+        0.25,
+        ge=-1.0,
+        le=1.0,
         description="a generated instruction whose cosine similarity to every seed is below this is rejected as off-domain (null = no check)",
-    )  # fmt: skip
+    )
 
 
 class ForgettingSettings(_Strict):
@@ -322,18 +474,39 @@ class HealSettings(_Strict):
     learning_rate: float = Field(2e-4, gt=0, le=1.0)
     batch_size: int = Field(4, ge=1, le=4096)
     max_length: int = Field(256, ge=16, le=131072, description="tokens per training sequence")
-    general_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of sequences that are general text: the shipped replay instructions answered by the teacher (never the forgetting suite)")
-    beta: float = Field(0.0, ge=0.0, le=1.0, description="divergence: 0 = forward KL over the full vocabulary, 1 = reverse KL, between = generalized JSD")
+    general_fraction: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="share of sequences that are general text: the shipped replay instructions answered by the teacher (never the forgetting suite)",
+    )
+    beta: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="divergence: 0 = forward KL over the full vocabulary, 1 = reverse KL, between = generalized JSD",
+    )
     temperature: float = Field(1.0, gt=0.0, le=10.0)
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
-    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast; auto = on where a CUDA GPU supports it, or on a CPU with native bf16 (AVX512-BF16 or AMX)")
-    cache: bool = Field(True, description="reuse a healed student from the user cache when teacher, pruning, corpus, these settings and the seed match")
+    bf16: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="bf16 autocast; auto = on where a CUDA GPU supports it, or on a CPU with native bf16 (AVX512-BF16 or AMX)",
+    )
+    cache: bool = Field(
+        True,
+        description="reuse a healed student from the user cache when teacher, pruning, corpus, these settings and the seed match",
+    )
 
 
 class EvalSettings(_Strict):
     max_new_tokens: int = Field(96, ge=1, le=8192, description="answer length for eval generations")
     batch_size: int = Field(8, ge=1, le=1024)
-    heldout_chunks: int = Field(16, ge=0, le=100_000, description="held-out corpus chunks for domain perplexity (never used for healing or calibration; 0 = off)")
+    heldout_chunks: int = Field(
+        16,
+        ge=0,
+        le=100_000,
+        description="held-out corpus chunks for domain perplexity (never used for healing or calibration; 0 = off)",
+    )
 
 
 class Recipe(_Strict):

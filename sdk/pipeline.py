@@ -21,7 +21,20 @@ from sdk.config import Recipe
 from sdk.errors import BudgetExhausted, ConfigError
 from sdk.packs import resolve_pack
 from sdk.progress import log, quiet_libraries
-from sdk.stages import discriminate, eval_teacher, evaluate, finalize, forgetting, generate, ingest, label, pool, student, synthesize, train
+from sdk.stages import (
+    discriminate,
+    eval_teacher,
+    evaluate,
+    finalize,
+    forgetting,
+    generate,
+    ingest,
+    label,
+    pool,
+    student,
+    synthesize,
+    train,
+)
 from sdk.stages.base import Stage, blocking_change, fingerprint
 from sdk.stages.context import RunContext, resolve_recipe
 from sdk.store import RunStore
@@ -73,7 +86,11 @@ class Pipeline:
         self.ran.append(name)
         self.ctx.timings[name] = round(time.time() - start, 1)
         self.store.manifest["timings"] = self.ctx.timings
-        self.store.mark_done(name, outputs=[str(o) for o in outputs], recipe=fingerprint(self.recipe.model_dump(mode="json"), stage.recipe))
+        self.store.mark_done(
+            name,
+            outputs=[str(o) for o in outputs],
+            recipe=fingerprint(self.recipe.model_dump(mode="json"), stage.recipe),
+        )
 
     def run(self) -> RunResult:
         from transformers import set_seed
@@ -90,7 +107,9 @@ class Pipeline:
                 for stage in LOOP:
                     if stage is not generate.STAGE or k < adv.iterations - 1 or adv.generate_last:
                         self._stage(stage, k)
-            if self.ran:  # e.g. `distill resume --set adversarial.iterations=N+1` of a finished run: the ending is redone
+            if (
+                self.ran
+            ):  # e.g. `distill resume --set adversarial.iterations=N+1` of a finished run: the ending is redone
                 for stage in AFTER_LOOP:
                     self.store.mark_stale(stage.name)
             for stage in AFTER_LOOP:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 
-def provenance(stage: str, model: str | None = None, document: str | None = None, chunk_id: str | None = None, **extra) -> dict:
+def provenance(
+    stage: str, model: str | None = None, document: str | None = None, chunk_id: str | None = None, **extra
+) -> dict:
     """Where a sample came from: source document, chunk id, the stage and the model that made it."""
     return {"document": document, "chunk_id": chunk_id, "stage": stage, "model": model, **extra}
 
@@ -13,6 +15,10 @@ def journaled_reply(ids: list[str], field: str = "reply"):
 
     def to_row(i: int, out) -> dict:
         failed = isinstance(out, BaseException)
-        return {"id": ids[i], field: None if failed else out, "error": f"{type(out).__name__}: {out}" if failed else None}
+        return {
+            "id": ids[i],
+            field: None if failed else out,
+            "error": f"{type(out).__name__}: {out}" if failed else None,
+        }
 
     return to_row

@@ -15,8 +15,9 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 MANIFEST = "manifest.json"
 
@@ -73,7 +74,7 @@ class Journal:
                 self.done[row["id"]] = row
 
     @classmethod
-    def in_memory(cls) -> "Journal":
+    def in_memory(cls) -> Journal:
         """A journal that keeps rows for this process only (nothing to resume from)."""
         return cls(None)
 

@@ -169,7 +169,11 @@ class FakeOpenAIServer:
 
     async def _respond(self, fault: str, body: dict, auth: str) -> Response:
         if fault == "429":
-            return JSONResponse({"error": {"message": "rate limited", "type": "rate_limit"}}, 429, headers={"Retry-After": self.retry_after})
+            return JSONResponse(
+                {"error": {"message": "rate limited", "type": "rate_limit"}},
+                429,
+                headers={"Retry-After": self.retry_after},
+            )
         if fault in ("500", "503"):
             return JSONResponse({"error": {"message": "overloaded"}}, int(fault))
         if fault in ("400", "401"):
@@ -204,13 +208,19 @@ class FakeOpenAIServer:
                 "created": int(time.time()),
                 "model": body.get("model", ""),
                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": usage[0] + usage[1]},
+                "usage": {
+                    "prompt_tokens": usage[0],
+                    "completion_tokens": usage[1],
+                    "total_tokens": usage[0] + usage[1],
+                },
             }
         )
 
     # lifecycle --------------------------------------------------------------------------------
-    def start(self) -> "FakeOpenAIServer":
-        config = uvicorn.Config(self.app, log_level="critical", access_log=False, timeout_graceful_shutdown=1, backlog=2048)
+    def start(self) -> FakeOpenAIServer:
+        config = uvicorn.Config(
+            self.app, log_level="critical", access_log=False, timeout_graceful_shutdown=1, backlog=2048
+        )
         self._server = uvicorn.Server(config)
         logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)

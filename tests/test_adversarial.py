@@ -7,7 +7,13 @@ import re
 import pytest
 from rouge_score import rouge_scorer
 
-from sdk.adversarial.generation import GenerationPlan, balanced_counts, extract_instruction, generate_instructions, Parents
+from sdk.adversarial.generation import (
+    GenerationPlan,
+    Parents,
+    balanced_counts,
+    extract_instruction,
+    generate_instructions,
+)
 from sdk.adversarial.referee import (
     LLMReferee,
     Pair,
@@ -52,7 +58,17 @@ def test_parse_verdict_reads_json_and_labelled_scores(reply, expected):
     assert parse_verdict(reply) == expected
 
 
-@pytest.mark.parametrize("reply", ["Both answers are fine.", "Score A: 11, Score B: 4", '{"score_a": 0, "score_b": 5}', "Answer A is better.", "", None])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Both answers are fine.",
+        "Score A: 11, Score B: 4",
+        '{"score_a": 0, "score_b": 5}',
+        "Answer A is better.",
+        "",
+        None,
+    ],
+)
 def test_parse_verdict_refuses_garbage_and_out_of_range(reply):
     assert parse_verdict(reply) is None
 
@@ -68,7 +84,9 @@ def test_likelihood_score_discounts_a_looping_answer():
     prose = "Hypertension is a persistently raised blood pressure, usually defined as 140/90 mmHg or more on repeated readings."
     loop = "The patient can be treated by any " + "any " * 30
     assert distinct_trigram_ratio(prose) == 1.0
-    assert distinct_trigram_ratio(loop) == pytest.approx(7 / 35)  # 37 words, 35 trigrams: 6 lead into the loop, then 'any any any' repeats
+    assert distinct_trigram_ratio(loop) == pytest.approx(
+        7 / 35
+    )  # 37 words, 35 trigrams: 6 lead into the loop, then 'any any any' repeats
     assert distinct_trigram_ratio("Yes, twice daily.") == 1.0  # too short to judge
     # the same per-token likelihood: prose keeps its score, the loop falls towards the minimum
     assert likelihood_score(-1.5, prose) == 8.5
@@ -85,7 +103,14 @@ def test_likelihood_score_discounts_a_looping_answer():
 
 def _endpoint_referee(pack, server) -> LLMReferee:
     # no response cache: these tests count what reaches the server, and the journal alone must prevent repeats
-    spec = ModelSpec(provider="openai", base_url=server.base_url, model="judge", max_retries=0, cache=False, generation=GenerationSettings(batch_size=4))
+    spec = ModelSpec(
+        provider="openai",
+        base_url=server.base_url,
+        model="judge",
+        max_retries=0,
+        cache=False,
+        generation=GenerationSettings(batch_size=4),
+    )
     return LLMReferee(pack, load_chat_model(spec, ModelsSettings()), "judge")
 
 
@@ -102,8 +127,15 @@ def test_garbage_verdict_is_retried_once_then_recorded_and_excluded(pack):
         asked = len(server.requests)
     assert asked == 4  # two orders, each retried once with a format reminder
     row = rows[0]
-    assert row["status"] == "unparsed" and row["teacher_score"] is None and row["student_score"] is None and row["gap"] is None
-    assert [v["raw"] for v in row["verdicts"]] == ["I like both answers a lot!"] * 2 and all(v["retried"] for v in row["verdicts"])
+    assert (
+        row["status"] == "unparsed"
+        and row["teacher_score"] is None
+        and row["student_score"] is None
+        and row["gap"] is None
+    )
+    assert [v["raw"] for v in row["verdicts"]] == ["I like both answers a lot!"] * 2 and all(
+        v["retried"] for v in row["verdicts"]
+    )
     assert split_hard_easy(rows, tau=1.0) and row["hard"] is None  # neither hard nor easy
     stats = gap_stats(rows)
     assert stats["unparsed"] == 1 and stats["hard"] == stats["easy"] == 0 and stats["gap_mean"] is None
@@ -149,7 +181,9 @@ def test_referee_prompt_shows_rubric_weights_and_findings(pack):
         return "Score A: 5, Score B: 5"
 
     with FakeOpenAIServer(reply=reply) as server:
-        rows = _endpoint_referee(pack, server).score([Pair("q", "How many days in a week?", "A week has 7 days.", "Several days.")])
+        rows = _endpoint_referee(pack, server).score(
+            [Pair("q", "How many days in a week?", "A week has 7 days.", "Several days.")]
+        )
     for criterion in pack.spec.referee.criteria:
         assert f"{criterion.name} (weight {criterion.weight})" in seen[0]
     # the tiny pack's verifier flags an answer without a number: it is shown against that answer only
@@ -164,7 +198,14 @@ def test_referee_prompt_shows_rubric_weights_and_findings(pack):
 def _scored(gaps, findings=None):
     findings = findings or {}
     return [
-        {"id": f"r{i}", "status": "ok", "gap": g, "teacher_score": 9.0, "student_score": 9.0 - g, "findings": {"teacher": [], "student": findings.get(i, [])}}
+        {
+            "id": f"r{i}",
+            "status": "ok",
+            "gap": g,
+            "teacher_score": 9.0,
+            "student_score": 9.0 - g,
+            "findings": {"teacher": [], "student": findings.get(i, [])},
+        }
         for i, g in enumerate(gaps)
     ]
 
@@ -219,10 +260,19 @@ class ScriptedGenerator(ChatBackend):
 
 
 def _rows(prefix, texts):
-    return [{"id": f"{prefix}{i}", "instruction": t, "provenance": {"document": "doc.md", "chunk_id": f"c{i}"}} for i, t in enumerate(texts)]
+    return [
+        {"id": f"{prefix}{i}", "instruction": t, "provenance": {"document": "doc.md", "chunk_id": f"c{i}"}}
+        for i, t in enumerate(texts)
+    ]
 
 
-HARD = _rows("h", ["Calculate the dose of amoxicillin for a 20 kg child at 25 mg/kg.", "Compare type 1 and type 2 diabetes in adults."])
+HARD = _rows(
+    "h",
+    [
+        "Calculate the dose of amoxicillin for a 20 kg child at 25 mg/kg.",
+        "Compare type 1 and type 2 diabetes in adults.",
+    ],
+)
 EASY = _rows("e", ["Explain what a fever is.", "Explain why people should wash their hands."])
 DISTINCT = [
     "Outline the first-line treatment of high blood pressure during pregnancy.",
@@ -243,7 +293,17 @@ DISTINCT = [
 
 
 def _plan(**kw):
-    base = dict(n_new=6, max_attempts=30, hard_share=0.5, rouge_threshold=0.7, cosine_threshold=None, min_words=4, max_words=150, seed=0, iteration=0)
+    base = dict(
+        n_new=6,
+        max_attempts=30,
+        hard_share=0.5,
+        rouge_threshold=0.7,
+        cosine_threshold=None,
+        min_words=4,
+        max_words=150,
+        seed=0,
+        iteration=0,
+    )
     return GenerationPlan(**{**base, **kw})
 
 
@@ -264,7 +324,9 @@ def test_generation_keeps_diverse_balanced_instructions_with_parents(pack):
     parents = {"hard": {r["id"] for r in HARD}, "easy": {r["id"] for r in EASY}}
     assert all(r["parent_id"] in parents[r["source"]] for r in out.kept)
     assert out.stats["attempts"] == len(generator.asked) <= 30
-    assert out.stats["rejected_by_reason"].get("rouge", 0) >= 1 and out.stats["rejected_by_reason"].get("quality", 0) >= 1
+    assert (
+        out.stats["rejected_by_reason"].get("rouge", 0) >= 1 and out.stats["rejected_by_reason"].get("quality", 0) >= 1
+    )
     assert out.stats["kept"] + out.stats["rejected"] == out.stats["attempts"]
     # independently: each kept instruction against the cache pool as it stood before it
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -280,13 +342,21 @@ def test_generation_rejects_off_domain_replies_with_the_real_embedder(pack):
     """The domain check (MiniLM cosine to the nearest seed) drops a small generator's drift, keeps clinical tasks."""
     from sdk.knowledge.embeddings import load_embedder
 
-    drift = ["Do not copy this as your first response, just add an asterisk.", "Write a limerick about a lighthouse keeper and his cat."]
+    drift = [
+        "Do not copy this as your first response, just add an asterisk.",
+        "Write a limerick about a lighthouse keeper and his cat.",
+    ]
 
     def reply(prompt, n):
         return drift[n % 2] if n % 3 == 0 else DISTINCT[n % len(DISTINCT)]
 
     plan = _plan(n_new=6, max_attempts=12, min_domain_similarity=0.25, domain_references=tuple(DISTINCT))
-    out = generate_instructions(pack, ScriptedGenerator(reply), Parents(HARD, EASY, HARD + EASY), dataclasses.replace(plan, generator_name="scripted", embedder=load_embedder()))
+    out = generate_instructions(
+        pack,
+        ScriptedGenerator(reply),
+        Parents(HARD, EASY, HARD + EASY),
+        dataclasses.replace(plan, generator_name="scripted", embedder=load_embedder()),
+    )
     off = [r for r in out.rejected if r["reason"] == "off_domain"]
     assert off and {r["instruction"] for r in off} <= set(drift)
     assert "to the nearest seed, below 0.25" in off[0]["detail"]
@@ -296,7 +366,9 @@ def test_generation_rejects_off_domain_replies_with_the_real_embedder(pack):
 
 def test_generation_stops_at_the_attempt_budget(pack):
     generator = ScriptedGenerator(lambda prompt, n: "Explain what a fever is.")  # always a duplicate
-    out = generate_instructions(pack, generator, Parents(HARD, EASY, HARD + EASY), _plan(max_attempts=7, generator_name="scripted"))
+    out = generate_instructions(
+        pack, generator, Parents(HARD, EASY, HARD + EASY), _plan(max_attempts=7, generator_name="scripted")
+    )
     assert len(generator.asked) == 7 and out.stats["attempts"] == 7
     assert out.kept == [] and out.stats["rejected_by_reason"] == {"rouge": 7} and not out.stats["reached_target"]
 
@@ -305,14 +377,20 @@ def test_generation_resumes_from_its_journal_without_asking_again(pack, tmp_path
     reply = lambda prompt, n: DISTINCT[n % len(DISTINCT)]  # noqa: E731
     first = ScriptedGenerator(reply)
     journal_path = tmp_path / "generation.partial.jsonl"
-    full = generate_instructions(pack, first, Parents(HARD, EASY, HARD + EASY), _plan(generator_name="scripted"), journal=Journal(journal_path))
+    full = generate_instructions(
+        pack, first, Parents(HARD, EASY, HARD + EASY), _plan(generator_name="scripted"), journal=Journal(journal_path)
+    )
     # a kill after the first three replies: keep only those journal lines
     lines = journal_path.read_text().splitlines()
     journal_path.write_text("\n".join(lines[:3]) + "\n")
     second = ScriptedGenerator(lambda prompt, n: first.replies[n - 1 + 3])  # the same replies the rest got before
-    resumed = generate_instructions(pack, second, Parents(HARD, EASY, HARD + EASY), _plan(generator_name="scripted"), journal=Journal(journal_path))
+    resumed = generate_instructions(
+        pack, second, Parents(HARD, EASY, HARD + EASY), _plan(generator_name="scripted"), journal=Journal(journal_path)
+    )
     assert len(second.asked) == len(first.asked) - 3
-    assert [(r["id"], r["instruction"], r["parent_id"]) for r in resumed.kept] == [(r["id"], r["instruction"], r["parent_id"]) for r in full.kept]
+    assert [(r["id"], r["instruction"], r["parent_id"]) for r in resumed.kept] == [
+        (r["id"], r["instruction"], r["parent_id"]) for r in full.kept
+    ]
 
 
 def test_one_sided_split_hands_the_share_to_the_other_side(pack):
@@ -325,9 +403,18 @@ def test_balance_and_extraction_helpers():
     assert balanced_counts(5, 2, 0.5) == (2, 2)
     assert balanced_counts(3, 3, 0.5) == (3, 3)
     assert balanced_counts(4, 3, 0.5) == (4, 3)
-    assert extract_instruction("Here is a new instruction:\n\nExplain how statins lower LDL cholesterol.") == "Explain how statins lower LDL cholesterol."
-    assert extract_instruction("1. Compare two antibiotics for otitis media.\n2. Another") == "Compare two antibiotics for otitis media."
-    assert extract_instruction('New instruction: "Describe the signs of sepsis in adults."') == "Describe the signs of sepsis in adults."
+    assert (
+        extract_instruction("Here is a new instruction:\n\nExplain how statins lower LDL cholesterol.")
+        == "Explain how statins lower LDL cholesterol."
+    )
+    assert (
+        extract_instruction("1. Compare two antibiotics for otitis media.\n2. Another")
+        == "Compare two antibiotics for otitis media."
+    )
+    assert (
+        extract_instruction('New instruction: "Describe the signs of sepsis in adults."')
+        == "Describe the signs of sepsis in adults."
+    )
 
 
 def test_llm_referee_resumes_from_its_journal(pack, tmp_path):
@@ -343,4 +430,6 @@ def test_llm_referee_resumes_from_its_journal(pack, tmp_path):
     with FakeOpenAIServer(reply=judge) as server:
         resumed = _endpoint_referee(pack, server).score(pairs, journal=Journal(journal_path))
         assert len(server.requests) == 2
-    assert [(r["id"], r["teacher_score"], r["student_score"]) for r in resumed] == [(r["id"], r["teacher_score"], r["student_score"]) for r in full]
+    assert [(r["id"], r["teacher_score"], r["student_score"]) for r in resumed] == [
+        (r["id"], r["teacher_score"], r["student_score"]) for r in full
+    ]

@@ -19,7 +19,15 @@ def isolated_cache(monkeypatch, tmp_path):
 
 
 def spec(server, concurrency=32, **kw):
-    return ModelSpec(provider="openai", base_url=server.base_url, model="m", concurrency=concurrency, backoff_base_s=0.01, generation=GenerationSettings(max_new_tokens=8), **kw)
+    return ModelSpec(
+        provider="openai",
+        base_url=server.base_url,
+        model="m",
+        concurrency=concurrency,
+        backoff_base_s=0.01,
+        generation=GenerationSettings(max_new_tokens=8),
+        **kw,
+    )
 
 
 def convs(n, prefix="q"):
@@ -28,7 +36,13 @@ def convs(n, prefix="q"):
 
 def journaled(model, n, journal, budget):
     keys = [f"r{i}" for i in range(n)]
-    model.generate_journaled(keys, convs(n), journal, lambda i, out: {"id": keys[i], "answer": out if isinstance(out, str) else None}, budget=budget)
+    model.generate_journaled(
+        keys,
+        convs(n),
+        journal,
+        lambda i, out: {"id": keys[i], "answer": out if isinstance(out, str) else None},
+        budget=budget,
+    )
 
 
 def test_max_calls_is_exact_at_concurrency_32_and_finished_rows_are_kept(tmp_path):
@@ -39,7 +53,9 @@ def test_max_calls_is_exact_at_concurrency_32_and_finished_rows_are_kept(tmp_pat
         with pytest.raises(BudgetExhausted) as info:
             journaled(model, 50, journal, Budget(BudgetSettings(max_calls=20), state_path=state, label="teacher"))
         assert server.count == 20 and server.max_in_flight > 1
-    assert str(info.value) == "budget reached for teacher / openai:m: max_calls 20 (spent 20 calls, 60 tokens)"  # 1 prompt word + 2 reply words each
+    assert (
+        str(info.value) == "budget reached for teacher / openai:m: max_calls 20 (spent 20 calls, 60 tokens)"
+    )  # 1 prompt word + 2 reply words each
     assert len(journal.done) == 20 and all(r["answer"].startswith("ok: q") for r in journal.done.values())
     assert json.loads(state.read_text())["calls"] == 20
 
@@ -47,11 +63,20 @@ def test_max_calls_is_exact_at_concurrency_32_and_finished_rows_are_kept(tmp_pat
     with FakeOpenAIServer() as server:
         model = load_chat_model(spec(server))
         with pytest.raises(BudgetExhausted):
-            journaled(model, 50, Journal(journal.path), Budget(BudgetSettings(max_calls=20), state_path=state, label="teacher"))
+            journaled(
+                model,
+                50,
+                Journal(journal.path),
+                Budget(BudgetSettings(max_calls=20), state_path=state, label="teacher"),
+            )
         assert server.count == 0
-        journaled(model, 50, Journal(journal.path), Budget(BudgetSettings(max_calls=60), state_path=state, label="teacher"))
+        journaled(
+            model, 50, Journal(journal.path), Budget(BudgetSettings(max_calls=60), state_path=state, label="teacher")
+        )
         assert server.count == 30
-        assert sorted(server.prompts()) == sorted({f"q{i}" for i in range(50)} - {r["answer"][4:] for r in journal.done.values()})
+        assert sorted(server.prompts()) == sorted(
+            {f"q{i}" for i in range(50)} - {r["answer"][4:] for r in journal.done.values()}
+        )
     assert len(Journal(journal.path).done) == 50 and json.loads(state.read_text())["calls"] == 50
 
 
@@ -101,7 +126,11 @@ class Canned(ChatBackend):
 def test_chunked_backends_stop_mid_chunk(tmp_path):
     model, chunks = Canned(), []
     with pytest.raises(BudgetExhausted, match="canned: max_calls 6"):
-        model.generate(convs(10), on_chunk=lambda start, outs: chunks.append((start, outs)), budget=Budget(BudgetSettings(max_calls=6)))
+        model.generate(
+            convs(10),
+            on_chunk=lambda start, outs: chunks.append((start, outs)),
+            budget=Budget(BudgetSettings(max_calls=6)),
+        )
     assert model.asked == 6 and chunks == [(0, ["aq0", "aq1", "aq2", "aq3"]), (4, ["aq4", "aq5"])]
 
 

@@ -24,7 +24,15 @@ def cache_file(monkeypatch, tmp_path):
 
 
 def spec(server, **gen):
-    return ModelSpec(provider="openai", base_url=server.base_url, model="m", concurrency=8, max_retries=1, backoff_base_s=0.01, generation=GenerationSettings(max_new_tokens=8, **gen))
+    return ModelSpec(
+        provider="openai",
+        base_url=server.base_url,
+        model="m",
+        concurrency=8,
+        max_retries=1,
+        backoff_base_s=0.01,
+        generation=GenerationSettings(max_new_tokens=8, **gen),
+    )
 
 
 def convs(*qs):
@@ -48,8 +56,16 @@ def test_a_second_identical_run_sends_no_request(cache_file):
 
 def test_the_key_holds_model_messages_and_sampling_params(cache_file):
     with FakeOpenAIServer() as server:
-        for gen in ({}, {"max_new_tokens": 9}, {"temperature": 0.7, "seed": 1}, {"temperature": 0.7, "seed": 2}, {"temperature": 0.7, "seed": 2}):
-            model = load_chat_model(spec(server).model_copy(update={"generation": GenerationSettings(**{"max_new_tokens": 8, **gen})}))
+        for gen in (
+            {},
+            {"max_new_tokens": 9},
+            {"temperature": 0.7, "seed": 1},
+            {"temperature": 0.7, "seed": 2},
+            {"temperature": 0.7, "seed": 2},
+        ):
+            model = load_chat_model(
+                spec(server).model_copy(update={"generation": GenerationSettings(**{"max_new_tokens": 8, **gen})})
+            )
             model.generate(convs("same"))
         assert server.count == 4  # the last settings repeat the one before
         assert server.requests[2]["seed"] == 1 and "seed" not in server.requests[0]
@@ -80,14 +96,17 @@ WRITER = textwrap.dedent(
     for i in range(300):
         key = f"shared-{i}" if i % 2 else f"own-{me}-{i}"
         cache.put(key, "openai", f"model-{me % 2}", f"reply {i}")
-        assert cache.get(key) == f"reply {i}"
+        assert cache.get_many([key]) == {key: f"reply {i}"}
     """
 )
 
 
 def test_concurrent_writers_from_several_processes(tmp_path):
     path = tmp_path / "shared.sqlite"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(n)], stderr=subprocess.PIPE, text=True) for n in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(n)], stderr=subprocess.PIPE, text=True)
+        for n in range(4)
+    ]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, errors
     stats = ResponseCache(path).stats()
@@ -119,13 +138,17 @@ def test_sigkill_mid_labeling_loses_nothing_and_resume_pays_only_in_flight(cache
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 60
         while not (journal.exists() and len(journal.read_text().splitlines()) >= 20):
-            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:] if proc.poll() is not None else "no progress"
+            assert proc.poll() is None and time.time() < deadline, (
+                proc.stderr.read()[-2000:] if proc.poll() is not None else "no progress"
+            )
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         paid_before = server.count
         assert sqlite3.connect(cache_file).execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        journaled = {line.split('"r')[1].split('"')[0] for line in journal.read_text().splitlines() if line.endswith("}")}
+        journaled = {
+            line.split('"r')[1].split('"')[0] for line in journal.read_text().splitlines() if line.endswith("}")
+        }
         cached = ResponseCache(cache_file).stats()["entries"]
         assert cached >= len(journaled)  # a reply is cached before its row is journaled
 
@@ -155,7 +178,9 @@ def test_cli_stats_and_clear(tmp_path):
     refused = runner.invoke(app, ["cache", "clear", "--path", str(path)], input="n\n")
     assert refused.exit_code == 1 and ResponseCache(path).stats()["entries"] == 4
     one = runner.invoke(app, ["cache", "clear", "--model", "alpha", "--yes", "--path", str(path)])
-    assert "deleted 3 entries" in one.output and ResponseCache(path).stats()["models"] == {"beta": {"entries": 1, "hits": 0, "misses": 0}}
+    assert "deleted 3 entries" in one.output and ResponseCache(path).stats()["models"] == {
+        "beta": {"entries": 1, "hits": 0, "misses": 0}
+    }
     everything = runner.invoke(app, ["cache", "clear", "--yes", "--path", str(path)])
     assert "deleted 1 entries" in everything.output and ResponseCache(path).stats()["entries"] == 0
 
@@ -165,8 +190,14 @@ def test_local_models_opt_in_and_keep_input_order(cache_file):
     from sdk.config import ModelsSettings
 
     ms = ModelsSettings()
-    local = ms.teacher.model_copy(update={"cache": True, "generation": GenerationSettings(max_new_tokens=4, batch_size=2)})
-    questions = ["Define sepsis.", "Name two symptoms of dehydration in children, and say which is more urgent.", "What is hypertension?"]
+    local = ms.teacher.model_copy(
+        update={"cache": True, "generation": GenerationSettings(max_new_tokens=4, batch_size=2)}
+    )
+    questions = [
+        "Define sepsis.",
+        "Name two symptoms of dehydration in children, and say which is more urgent.",
+        "What is hypertension?",
+    ]
     chat = load_chat_model(local, ms)
     batched = chat.generate(convs(*questions))
     cache, chat.cache = chat.cache, None

@@ -19,7 +19,9 @@ def test_smoke_is_smaller_than_demo():
 
 
 def test_override_types_are_parsed_as_yaml():
-    recipe = load_recipe("smoke", overrides=["train.epochs=5", "train.lora.enabled=true", "models.teacher.generation.temperature=0.7"])
+    recipe = load_recipe(
+        "smoke", overrides=["train.epochs=5", "train.lora.enabled=true", "models.teacher.generation.temperature=0.7"]
+    )
     assert recipe.train.epochs == 5
     assert recipe.train.lora.enabled is True
     assert recipe.models.teacher.generation.temperature == 0.7
@@ -84,8 +86,9 @@ def test_parse_override_requires_equals():
 
 
 def test_recipe_yaml_round_trip():
-    from sdk.config import validate_recipe
     import yaml
+
+    from sdk.config import validate_recipe
 
     recipe = load_recipe("demo", overrides=["domain=medicine"])
     again = validate_recipe(yaml.safe_load(recipe.to_yaml()))

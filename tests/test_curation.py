@@ -1,7 +1,5 @@
-from collections import Counter
-
 from sdk.config import GenerationSettings
-from sdk.curation.labeling import label_rows
+from sdk.curation.labeling import Teacher, label_rows
 from sdk.curation.seeds import seed_pool
 from sdk.models.base import ChatBackend
 from sdk.packs import resolve_pack
@@ -22,7 +20,9 @@ class CountingBackend(ChatBackend):
         for conv in conversations:
             q = conv[-1]["content"]
             self.asked.append(q)
-            out.append(RuntimeError("HTTP 500 after retries") if q == "boom" else "" if q == "blank" else f"answer to {q}")
+            out.append(
+                RuntimeError("HTTP 500 after retries") if q == "boom" else "" if q == "blank" else f"answer to {q}"
+            )
         return out
 
 
@@ -31,19 +31,25 @@ def rows(*qs):
 
 
 def test_failed_rows_are_kept_with_their_reason(tmp_path):
-    out = label_rows(rows("a", "boom", "blank", "d"), CountingBackend(), "t", "sys", Journal(tmp_path / "j.jsonl"))
+    out = label_rows(
+        rows("a", "boom", "blank", "d"), Teacher(CountingBackend(), "t", "sys"), Journal(tmp_path / "j.jsonl")
+    )
     assert [r["status"] for r in out] == ["ok", "failed", "failed", "ok"]
     assert out[1]["error"] == "RuntimeError: HTTP 500 after retries" and out[1]["answer"] is None
     assert out[2]["error"] == "empty answer"
-    assert out[0]["answer"] == "answer to a" and out[0]["provenance"] == {"stage": "seed", "labeled_by": "t", "teacher_saw_passage": False}
+    assert out[0]["answer"] == "answer to a" and out[0]["provenance"] == {
+        "stage": "seed",
+        "labeled_by": "t",
+        "teacher_saw_passage": False,
+    }
 
 
 def test_journaled_rows_are_not_asked_again(tmp_path):
     journal = Journal(tmp_path / "j.jsonl")
     first = CountingBackend()
-    label_rows(rows("a", "b"), first, "t", "sys", journal)
+    label_rows(rows("a", "b"), Teacher(first, "t", "sys"), journal)
     second = CountingBackend()
-    out = label_rows(rows("a", "b", "c", "d"), second, "t", "sys", Journal(tmp_path / "j.jsonl"))
+    out = label_rows(rows("a", "b", "c", "d"), Teacher(second, "t", "sys"), Journal(tmp_path / "j.jsonl"))
     assert second.asked == ["c", "d"]
     assert [r["answer"] for r in out] == ["answer to a", "answer to b", "answer to c", "answer to d"]
 

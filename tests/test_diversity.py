@@ -3,7 +3,6 @@ adversarial inputs; the cosine test drops paraphrases through FAISS."""
 
 import random
 
-import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
@@ -82,7 +81,11 @@ def test_exact_threshold_boundary():
 
 
 def test_reasons_and_matches_are_reported():
-    decisions = filter_candidates(["explain the dose of insulin for children"], ["explain the dose of insulin for kids", "a new question about bonds"], cosine_threshold=None)
+    decisions = filter_candidates(
+        ["explain the dose of insulin for children"],
+        ["explain the dose of insulin for kids", "a new question about bonds"],
+        cosine_threshold=None,
+    )
     assert decisions[0].kept is False and decisions[0].reason == "rouge" and decisions[0].match == "pool:0"
     assert decisions[1].kept is True and decisions[1].reason is None
 
@@ -92,7 +95,10 @@ def test_cosine_drops_paraphrases_with_real_embeddings():
 
     embed = load_embedder()
     pool = ["How does insulin lower blood glucose?"]
-    candidates = ["In what way does insulin reduce blood sugar levels?", "What is the statute of limitations for breach of contract in England?"]
+    candidates = [
+        "In what way does insulin reduce blood sugar levels?",
+        "What is the statute of limitations for breach of contract in England?",
+    ]
     decisions = filter_candidates(pool, candidates, cosine_threshold=0.8, embedder=embed)
     assert decisions[0].kept is False and decisions[0].reason == "cosine" and decisions[0].max_cosine >= 0.8
     assert decisions[1].kept is True and decisions[1].max_cosine < 0.5
@@ -115,7 +121,25 @@ def test_cli_filter_keeps_lines_unchanged_in_order(tmp_path):
     ]
     cands.write_text("\n".join(lines) + "\n")
     out, rejected = tmp_path / "kept.jsonl", tmp_path / "rejected.jsonl"
-    proc = subprocess.run(distill_cmd() + ["filter", "--pool", str(pool), "--candidates", str(cands), "--out", str(out), "--rejected", str(rejected), "--cosine-threshold", "1.0"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        distill_cmd()
+        + [
+            "filter",
+            "--pool",
+            str(pool),
+            "--candidates",
+            str(cands),
+            "--out",
+            str(out),
+            "--rejected",
+            str(rejected),
+            "--cosine-threshold",
+            "1.0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert out.read_text().splitlines() == [lines[1], lines[3]]
     rej = [json.loads(x) for x in rejected.read_text().splitlines()]
@@ -131,7 +155,12 @@ def test_cli_filter_bad_line_names_file_and_line(tmp_path):
 
     pool = tmp_path / "pool.jsonl"
     pool.write_text('{"instruction": "ok"}\n{"text": "no instruction field"}\n')
-    proc = subprocess.run(distill_cmd() + ["filter", "--pool", str(pool), "--candidates", str(pool), "--out", str(tmp_path / "o.jsonl")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        distill_cmd() + ["filter", "--pool", str(pool), "--candidates", str(pool), "--out", str(tmp_path / "o.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "pool.jsonl:2" in proc.stderr and "Traceback" not in proc.stderr
 
 

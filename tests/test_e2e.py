@@ -3,12 +3,11 @@
 import base64
 import json
 import math
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,10 +21,21 @@ from tests.openai_server import FakeOpenAIServer
 SMOKE = ["--domain", "tiny", "--pack-path", str(TINY_PACKS), "--preset", "smoke"]
 ONE_ITERATION = ["--set", "adversarial.iterations=1"]
 ITERATION_FILES = [
-    "train_pool.jsonl", "cache_pool.jsonl", "teacher.jsonl", "train_metrics.json", "eval_student.jsonl", "eval.json",
-    "student_answers.jsonl", "referee.jsonl", "hard.jsonl", "easy.jsonl", "discrimination.json",
-    "generated.jsonl", "generation_rejected.jsonl", "generation.json",
-]  # fmt: skip
+    "train_pool.jsonl",
+    "cache_pool.jsonl",
+    "teacher.jsonl",
+    "train_metrics.json",
+    "eval_student.jsonl",
+    "eval.json",
+    "student_answers.jsonl",
+    "referee.jsonl",
+    "hard.jsonl",
+    "easy.jsonl",
+    "discrimination.json",
+    "generated.jsonl",
+    "generation_rejected.jsonl",
+    "generation.json",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +49,17 @@ def smoke_run(tmp_path_factory):
 def test_smoke_run_writes_the_documented_layout(smoke_run):
     result, elapsed = smoke_run
     root = Path(result.run_dir)
-    for rel in ["config.yaml", "manifest.json", "metrics.json", "report.html", "eval/domain.json", "eval/before.json", "eval/student_after.jsonl", "eval/forgetting.json", "student/config.json"]:
+    for rel in [
+        "config.yaml",
+        "manifest.json",
+        "metrics.json",
+        "report.html",
+        "eval/domain.json",
+        "eval/before.json",
+        "eval/student_after.jsonl",
+        "eval/forgetting.json",
+        "student/config.json",
+    ]:
         assert (root / rel).is_file(), rel
     for it in ("iter_00", "iter_01"):
         for name in ITERATION_FILES:
@@ -47,8 +67,22 @@ def test_smoke_run_writes_the_documented_layout(smoke_run):
     assert not list(root.rglob("*.tmp")) and not list(root.rglob("*.partial.jsonl"))
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["status"] == "finished"
-    loop = [f"{it}/{stage}" for it in ("iter_00", "iter_01") for stage in ("pool", "label", "train", "eval", "discriminate", "generate")]
-    assert list(manifest["stages"]) == ["ingest", "eval_teacher", "student", "forgetting_before", "synthesize", "eval_before", *loop, "forgetting_after", "finalize"]
+    loop = [
+        f"{it}/{stage}"
+        for it in ("iter_00", "iter_01")
+        for stage in ("pool", "label", "train", "eval", "discriminate", "generate")
+    ]
+    assert list(manifest["stages"]) == [
+        "ingest",
+        "eval_teacher",
+        "student",
+        "forgetting_before",
+        "synthesize",
+        "eval_before",
+        *loop,
+        "forgetting_after",
+        "finalize",
+    ]
     assert elapsed < 600  # about 4 minutes on an idle 2-core CPU
 
 
@@ -59,7 +93,8 @@ def test_a_smoke_run_writes_only_declared_files(smoke_run):
 
     root = Path(smoke_run[0].run_dir)
     store = RunStore(root)
-    layout, last = store.layout, len(layout.iterations()) - 1
+    layout = store.layout
+    last = len(layout.iterations()) - 1
     declared = {layout.config, layout.manifest, layout.budget("teacher").parent}
     for name, info in store.manifest["stages"].items():
         stage_name = name.split("/")[-1]
@@ -81,7 +116,11 @@ def test_every_sample_carries_id_instruction_provenance(smoke_run):
             row = json.loads(line)
             assert row["id"], path
             # only a generator reply that could not be parsed has no instruction; its raw text is kept
-            assert row["instruction"] or (path.name in ("synthesis_rejected.jsonl", "generation_rejected.jsonl") and row["raw"] is not None and row["reason"]), path
+            assert row["instruction"] or (
+                path.name in ("synthesis_rejected.jsonl", "generation_rejected.jsonl")
+                and row["raw"] is not None
+                and row["reason"]
+            ), path
             assert {"document", "chunk_id", "stage", "model"} <= set(row["provenance"]), path
     teacher_rows = [json.loads(x) for x in (Path(result.run_dir) / "iter_00/teacher.jsonl").read_text().splitlines()]
     assert all(r["status"] == "ok" and r["answer"] for r in teacher_rows)
@@ -94,7 +133,10 @@ def test_pool_holds_synthesised_rows_pointing_at_real_chunks(smoke_run):
     result, _ = smoke_run
     root = Path(result.run_dir)
     knowledge = json.loads((root / "knowledge.json").read_text())
-    chunks = {json.loads(x)["chunk_id"]: json.loads(x) for x in (Path(knowledge["index_dir"]) / "chunks.jsonl").read_text().splitlines()}
+    chunks = {
+        json.loads(x)["chunk_id"]: json.loads(x)
+        for x in (Path(knowledge["index_dir"]) / "chunks.jsonl").read_text().splitlines()
+    }
     synthesized = [json.loads(x) for x in (root / "iter_00/synthesized.jsonl").read_text().splitlines()]
     rejected = [json.loads(x) for x in (root / "iter_00/synthesis_rejected.jsonl").read_text().splitlines()]
     assert synthesized or rejected  # the stage ran on real passages
@@ -170,8 +212,12 @@ def test_loop_pools_split_and_generation(smoke_run):
     assert {r["id"] for r in carried} <= {r["id"] for r in _jsonl(root / "iter_00/train_pool.jsonl")}
     labels0 = {r["id"]: r["answer"] for r in _jsonl(root / "iter_00/teacher.jsonl")}
     labels1 = {r["id"]: r for r in _jsonl(root / "iter_01/teacher.jsonl")}
-    assert all(labels1[r["id"]]["answer"] == labels0[r["id"]] and labels1[r["id"]]["provenance"]["reused"] for r in carried)
-    assert [r["id"] for r in _jsonl(root / "iter_01/cache_pool.jsonl")] == [r["id"] for r in _jsonl(root / "iter_00/cache_pool.jsonl") + gen0]
+    assert all(
+        labels1[r["id"]]["answer"] == labels0[r["id"]] and labels1[r["id"]]["provenance"]["reused"] for r in carried
+    )
+    assert [r["id"] for r in _jsonl(root / "iter_01/cache_pool.jsonl")] == [
+        r["id"] for r in _jsonl(root / "iter_00/cache_pool.jsonl") + gen0
+    ]
     m = result.metrics
     assert len(m["iterations"]) == 2 and len(m["relative_score"]["per_iteration"]) == 2
     for i in m["iterations"]:
@@ -179,7 +225,15 @@ def test_loop_pools_split_and_generation(smoke_run):
         assert d["hard"] + d["easy"] + d["unparsed"] == d["refereed"] and 0 <= d["hard_ratio"] <= 1
         assert d["gap_mean"] is not None and d["gap_median"] is not None
         assert 0 < i["eval"]["relative_score"] <= 100 * 10
-        assert set(i["generation"]["rejected_by_reason"]) <= {"failed", "unparseable", "quality", "off_domain", "rouge", "cosine", "balance"}
+        assert set(i["generation"]["rejected_by_reason"]) <= {
+            "failed",
+            "unparseable",
+            "quality",
+            "off_domain",
+            "rouge",
+            "cosine",
+            "balance",
+        }
 
 
 def test_forgetting_before_and_after_on_the_local_suite(smoke_run):
@@ -188,9 +242,16 @@ def test_forgetting_before_and_after_on_the_local_suite(smoke_run):
     assert set(record["before"]) == set(record["after"]) == {"distillery_general_mc", "distillery_general_ppl"}
     for task, row in record["gate"]["tasks"].items():
         # before/after/drop are each stored rounded to 6 decimals
-        assert row["drop"] == pytest.approx(row["before"] - row["after"] if row["higher_is_better"] else (row["after"] - row["before"]) / row["before"], abs=1e-5)
+        assert row["drop"] == pytest.approx(
+            row["before"] - row["after"] if row["higher_is_better"] else (row["after"] - row["before"]) / row["before"],
+            abs=1e-5,
+        )
     f = result.metrics["forgetting"]
-    assert f["passed"] == record["gate"]["passed"] and f["verdict"].endswith("forgetting check") or "failed forgetting check" in f["verdict"]
+    assert (
+        f["passed"] == record["gate"]["passed"]
+        and f["verdict"].endswith("forgetting check")
+        or "failed forgetting check" in f["verdict"]
+    )
     assert result.metrics["checks"]["forgetting"] in ("passed", "failed forgetting check")
 
 
@@ -203,7 +264,9 @@ def test_saved_student_loads_and_is_pruned(smoke_run):
     init = json.loads((Path(result.run_dir) / "student_init.json").read_text())
     assert init["prune"]["kept"][0] == 0 and init["prune"]["kept"][-1] == 29 and len(init["prune"]["kept"]) == 20
     assert len(init["prune"]["block_influence"]) == 30 and init["heal"]["steps"] > 0
-    assert init["before_heal"]["kl_per_token"] < 3.5  # a working model, not a broken one (the old every-3rd student: ~12)
+    assert (
+        init["before_heal"]["kl_per_token"] < 3.5
+    )  # a working model, not a broken one (the old every-3rd student: ~12)
     assert result.metrics["student_init"]["prune"]["kept"] == init["prune"]["kept"]
 
 
@@ -259,7 +322,12 @@ def _wait_for(predicate, proc, timeout=600):
 
 def test_sigkill_during_training_then_resume(tmp_path):
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(distill_cmd() + ["run", *SMOKE, *ONE_ITERATION, "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        distill_cmd() + ["run", *SMOKE, *ONE_ITERATION, "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     _wait_for(lambda: (run_dir / "iter_00/checkpoints/sft/checkpoint-4/trainer_state.json").exists(), proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -290,11 +358,34 @@ def test_killed_labeling_does_not_pay_twice(tmp_path):
         return "A short answer about " + messages[-1]["content"].lower()
 
     run_dir = tmp_path / "endpoint"
-    judge = FakeOpenAIServer(reply=lambda messages: '{"score_a": 6, "score_b": 4, "reason": "ok"}')  # its own server: not counted
+    judge = FakeOpenAIServer(
+        reply=lambda messages: '{"score_a": 6, "score_b": 4, "reason": "ok"}'
+    )  # its own server: not counted
     with FakeOpenAIServer(reply=reply) as server, judge:
-        teacher = ["--set", "models.teacher.provider=openai", "--set", f"models.teacher.base_url={server.base_url}", "--set", "models.teacher.model=t", "--set", "models.teacher.generation.batch_size=1", "--set", "models.student.base=generator",
-                   "--set", "models.referee.provider=openai", "--set", f"models.referee.base_url={judge.base_url}", "--set", "models.referee.model=judge"]  # fmt: skip
-        proc = subprocess.Popen(distill_cmd() + ["run", *SMOKE, *ONE_ITERATION, *teacher, "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        teacher = [
+            "--set",
+            "models.teacher.provider=openai",
+            "--set",
+            f"models.teacher.base_url={server.base_url}",
+            "--set",
+            "models.teacher.model=t",
+            "--set",
+            "models.teacher.generation.batch_size=1",
+            "--set",
+            "models.student.base=generator",
+            "--set",
+            "models.referee.provider=openai",
+            "--set",
+            f"models.referee.base_url={judge.base_url}",
+            "--set",
+            "models.referee.model=judge",
+        ]
+        proc = subprocess.Popen(
+            distill_cmd() + ["run", *SMOKE, *ONE_ITERATION, *teacher, "--run-dir", str(run_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         journal = run_dir / "iter_00/teacher.partial.jsonl"
         _wait_for(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 4, proc)
         os.kill(proc.pid, signal.SIGKILL)
@@ -319,8 +410,16 @@ def test_scaffolded_pack_runs_with_pack_path(tmp_path):
     assert new.returncode == 0, new.stderr
     valid = _cli("packs", "validate", str(tmp_path / "packs" / "field-notes"))
     assert valid.returncode == 0, valid.stdout + valid.stderr
-    result = sdk.distill(domain="field-notes", preset="smoke", run_dir=tmp_path / "run", pack_paths=[tmp_path / "packs"], data__max_eval=2, train__epochs=1,
-                         adversarial__iterations=1, adversarial__generate_last=False)  # fmt: skip
+    result = sdk.distill(
+        domain="field-notes",
+        preset="smoke",
+        run_dir=tmp_path / "run",
+        pack_paths=[tmp_path / "packs"],
+        data__max_eval=2,
+        train__epochs=1,
+        adversarial__iterations=1,
+        adversarial__generate_last=False,
+    )
     assert result.metrics["domain"] == "field-notes" and result.metrics["data"]["eval_prompts"] == 2
     assert (Path(result.student_path) / "config.json").is_file()
     # the last iteration's generation is skipped (nothing would train on it), and the metrics say so
@@ -329,19 +428,36 @@ def test_scaffolded_pack_runs_with_pack_path(tmp_path):
     # one more iteration on resume: iteration 0 generates then, iteration 1 trains on it, and the ending is redone
     more = sdk.resume(result.run_dir, set=["adversarial.iterations=2"])
     assert (Path(result.run_dir) / "iter_00/generated.jsonl").is_file() and len(more.metrics["iterations"]) == 2
-    assert not more.metrics["iterations"][0]["generation"].get("skipped") and more.metrics["iterations"][1]["generation"]["skipped"]
+    assert (
+        not more.metrics["iterations"][0]["generation"].get("skipped")
+        and more.metrics["iterations"][1]["generation"]["skipped"]
+    )
 
 
 def test_budget_stops_the_run_cleanly_and_resume_finishes_it(tmp_path, capsys):
     """A teacher budget of 6 calls: 4 eval answers, then 2 labels, then a clean stop; resume with more."""
     run_dir = tmp_path / "budget"
-    result = sdk.distill(domain="tiny", preset="smoke", run_dir=run_dir, pack_paths=[TINY_PACKS], adversarial__iterations=1, models__teacher__budget__max_calls=6, curation__passages=0)
+    result = sdk.distill(
+        domain="tiny",
+        preset="smoke",
+        run_dir=run_dir,
+        pack_paths=[TINY_PACKS],
+        adversarial__iterations=1,
+        models__teacher__budget__max_calls=6,
+        curation__passages=0,
+    )
     assert result.status == "stopped"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "stopped" and "budget reached" in manifest["reason"] and "max_calls 6" in manifest["reason"]
+    assert (
+        manifest["status"] == "stopped"
+        and "budget reached" in manifest["reason"]
+        and "max_calls 6" in manifest["reason"]
+    )
     assert "iter_00/label" not in manifest["stages"] and "eval_teacher" in manifest["stages"]
     assert json.loads((run_dir / "budget/teacher.json").read_text())["calls"] == 6
-    assert len((run_dir / "iter_00/teacher.partial.jsonl").read_text().splitlines()) == 2  # the answers it paid for are kept
+    assert (
+        len((run_dir / "iter_00/teacher.partial.jsonl").read_text().splitlines()) == 2
+    )  # the answers it paid for are kept
     assert "budget reached" in capsys.readouterr().err
 
     done = sdk.resume(run_dir, set=["models.teacher.budget.max_calls=100"])
@@ -396,7 +512,17 @@ def test_report_has_every_section_and_is_self_contained(smoke_run):
     root = Path(result.run_dir)
     text = (root / "report.html").read_text()
     page = Page(text)
-    for heading in ("Recipe", "Held-out domain metrics", "The student: pruning and healing", "The loop, per iteration", "Forgetting check", "Training", "Sample instructions", "Provenance: corpus chunks", "metrics.json"):
+    for heading in (
+        "Recipe",
+        "Held-out domain metrics",
+        "The student: pruning and healing",
+        "The loop, per iteration",
+        "Forgetting check",
+        "Training",
+        "Sample instructions",
+        "Provenance: corpus chunks",
+        "metrics.json",
+    ):
         assert any(h.startswith(heading) for h in page.headings), (heading, page.headings)
     assert "run finished" in text
     assert not page.external  # opens offline: no scripts, stylesheets or images from elsewhere
@@ -425,7 +551,9 @@ def test_report_samples_hard_first_with_provenance_links(smoke_run):
     # every seed is linked to its nearest corpus chunk, and every in-page link lands on a chunk shown below
     grounding = [json.loads(x) for x in (root / "iter_00/seed_grounding.jsonl").read_text().splitlines()]
     knowledge = json.loads((root / "knowledge.json").read_text())
-    chunk_ids = {json.loads(x)["chunk_id"] for x in (Path(knowledge["index_dir"]) / "chunks.jsonl").read_text().splitlines()}
+    chunk_ids = {
+        json.loads(x)["chunk_id"] for x in (Path(knowledge["index_dir"]) / "chunks.jsonl").read_text().splitlines()
+    }
     assert len(grounding) == 8 and {g["chunk_id"] for g in grounding} <= chunk_ids
     anchors = [link[1:] for link in page.links if link.startswith("#")]
     assert anchors and set(anchors) <= page.ids
@@ -438,7 +566,13 @@ def test_distill_report_rebuilds_from_the_run_directory_alone(smoke_run, tmp_pat
     shutil.copytree(result.run_dir, copy)
     original = (copy / "report.html").read_text()
     (copy / "report.html").unlink()
-    proc = subprocess.run(distill_cmd() + ["report", str(copy)], capture_output=True, text=True, timeout=300, env={"PATH": "", "HOME": str(tmp_path)})
+    proc = subprocess.run(
+        distill_cmd() + ["report", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "", "HOME": str(tmp_path)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "relative score" in proc.stdout
     assert _text_without_images((copy / "report.html").read_text()) == _text_without_images(original)
@@ -448,8 +582,21 @@ def test_distill_report_rebuilds_from_the_run_directory_alone(smoke_run, tmp_pat
 def test_forgetting_gate_fires_and_strict_exits_non_zero(tmp_path):
     """max_drop 0 and a learning rate that wrecks the student: the gate fails the run and --strict exits 3."""
     run_dir = tmp_path / "wrecked"
-    settings = ["adversarial.iterations=1", "curation.passages=0", "forgetting.max_drop=0", "train.learning_rate=1e-2", "forgetting.limit=16"]
-    proc = subprocess.run(distill_cmd() + ["run", *SMOKE, "--run-dir", str(run_dir), "--strict"] + [a for s in settings for a in ("--set", s)], capture_output=True, text=True, timeout=900)
+    settings = [
+        "adversarial.iterations=1",
+        "curation.passages=0",
+        "forgetting.max_drop=0",
+        "train.learning_rate=1e-2",
+        "forgetting.limit=16",
+    ]
+    proc = subprocess.run(
+        distill_cmd()
+        + ["run", *SMOKE, "--run-dir", str(run_dir), "--strict"]
+        + [a for s in settings for a in ("--set", s)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["checks"]["forgetting"] == "failed forgetting check"
@@ -466,8 +613,17 @@ def test_lora_without_merging_evaluates_and_hands_back_the_trained_adapter(tmp_p
 
     from sdk.models.student import student_kind
 
-    result = sdk.distill(domain="tiny", preset="smoke", run_dir=tmp_path / "lora", pack_paths=[TINY_PACKS], adversarial__iterations=1,
-                         train__lora__enabled=True, train__lora__merge=False, train__learning_rate=2e-3, forgetting__limit=8)  # fmt: skip
+    result = sdk.distill(
+        domain="tiny",
+        preset="smoke",
+        run_dir=tmp_path / "lora",
+        pack_paths=[TINY_PACKS],
+        adversarial__iterations=1,
+        train__lora__enabled=True,
+        train__lora__merge=False,
+        train__learning_rate=2e-3,
+        forgetting__limit=8,
+    )
     root = Path(result.run_dir)
     before = [json.loads(x)["answer"] for x in (root / "eval/student_before.jsonl").read_text().splitlines()]
     after = [json.loads(x)["answer"] for x in (root / "eval/student_after.jsonl").read_text().splitlines()]

@@ -24,7 +24,9 @@ MC, PPL, SUITE = "distillery_general_mc", "distillery_general_ppl", "distillery_
 
 
 def _jsonl(name):
-    return [json.loads(line) for line in (LOCAL_TASKS_DIR / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in (LOCAL_TASKS_DIR / name).read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 # ---------------------------------------------------------------- the suite's data
@@ -114,7 +116,9 @@ def test_task_without_offline_data_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 def _result(task, primary, value, higher):
-    return {task: {"metrics": {primary: value}, "primary": primary, "higher_is_better": higher, "n": 10, "stderr": None}}
+    return {
+        task: {"metrics": {primary: value}, "primary": primary, "higher_is_better": higher, "n": 10, "stderr": None}
+    }
 
 
 def test_gate_measures_drop_in_the_direction_of_worse():
@@ -166,8 +170,13 @@ def test_evaluate_general_on_a_tiny_model(tokenizer):
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
     )
     model = LlamaForCausalLM(config).train()
     result = evaluate_general(model, tokenizer, [SUITE], limit=12, batch_size=4)
@@ -233,4 +242,3 @@ def test_gate_fires_on_a_degraded_model(smollm2):
         assert task in gate["verdict"]
     assert forgetting_gate(before, after, max_drop=10.0)["passed"]  # a loose enough gate lets it through
     assert forgetting_gate(before, before, max_drop=0.0)["passed"]
-

@@ -40,7 +40,10 @@ def make_docx(paragraphs: list[str]) -> bytes:
     xml = f'<?xml version="1.0" encoding="UTF-8"?><w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"><w:body>{body}</w:body></w:document>'
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"/>')
+        z.writestr(
+            "[Content_Types].xml",
+            '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"/>',
+        )
         z.writestr("word/document.xml", xml)
     return buf.getvalue()
 
@@ -48,11 +51,33 @@ def make_docx(paragraphs: list[str]) -> bytes:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    (root / "volcanoes.md").write_text("# Volcanoes\n\nA stratovolcano is a tall conical volcano built up by many layers of hardened lava and tephra. " * 3)
-    (root / "tides.txt").write_text("Tides are caused mainly by the gravitational pull of the Moon on the oceans, with a smaller contribution from the Sun. " * 3)
-    (root / "bees.html").write_text("<!DOCTYPE html><html><head><title>Bees</title><script>var x = 'ignore me';</script></head><body><h1>Bees</h1><p>Honey bees communicate the direction of flowers with the waggle dance performed inside the hive.</p></body></html>")
-    (root / "glaciers.pdf").write_bytes(make_pdf(["Glaciers carve U-shaped valleys as they move downhill.", "Moraines are ridges of rock debris left by a glacier."]))
-    (root / "coral.docx").write_bytes(make_docx(["Coral reefs are built by colonies of tiny animals called polyps.", "Reef-building corals host algae that photosynthesise."]))
+    (root / "volcanoes.md").write_text(
+        "# Volcanoes\n\nA stratovolcano is a tall conical volcano built up by many layers of hardened lava and tephra. "
+        * 3
+    )
+    (root / "tides.txt").write_text(
+        "Tides are caused mainly by the gravitational pull of the Moon on the oceans, with a smaller contribution from the Sun. "
+        * 3
+    )
+    (root / "bees.html").write_text(
+        "<!DOCTYPE html><html><head><title>Bees</title><script>var x = 'ignore me';</script></head><body><h1>Bees</h1><p>Honey bees communicate the direction of flowers with the waggle dance performed inside the hive.</p></body></html>"
+    )
+    (root / "glaciers.pdf").write_bytes(
+        make_pdf(
+            [
+                "Glaciers carve U-shaped valleys as they move downhill.",
+                "Moraines are ridges of rock debris left by a glacier.",
+            ]
+        )
+    )
+    (root / "coral.docx").write_bytes(
+        make_docx(
+            [
+                "Coral reefs are built by colonies of tiny animals called polyps.",
+                "Reef-building corals host algae that photosynthesise.",
+            ]
+        )
+    )
     (root / "empty.md").write_text("")
     (root / "image.bin").write_bytes(bytes(range(256)))
     (root / ".hidden.md").write_text("not part of the corpus")
@@ -86,7 +111,13 @@ def test_bad_files_are_skipped_by_name(index, corpus):
 def test_retrieve_finds_the_answering_passage(index):
     index_dir, _, _ = index
     r = Retriever(index_dir)
-    for query, doc in [("what builds coral reefs", "coral.docx"), ("what causes ocean tides", "tides.txt"), ("how do bees tell others where flowers are", "bees.html"), ("how are U-shaped valleys formed", "glaciers.pdf"), ("layers of lava and tephra", "volcanoes.md")]:
+    for query, doc in [
+        ("what builds coral reefs", "coral.docx"),
+        ("what causes ocean tides", "tides.txt"),
+        ("how do bees tell others where flowers are", "bees.html"),
+        ("how are U-shaped valleys formed", "glaciers.pdf"),
+        ("layers of lava and tephra", "volcanoes.md"),
+    ]:
         top = r.retrieve(query, k=2)
         assert top[0].document == doc, (query, top)
         assert top[0].chunk_id.startswith(doc + "#") and 0 < top[0].score <= 1.0001
@@ -98,7 +129,9 @@ def test_reingest_unchanged_embeds_nothing_and_new_file_embeds_only_its_chunks(i
     with pytest.warns(UserWarning):
         again = ingest(corpus, index_dir, IndexSettings(chunk_size=64, chunk_overlap=8))
     assert again.chunks_embedded == 0 and again.files_reused == 5 and again.chunks == first.chunks
-    (corpus / "deserts.md").write_text("Deserts receive less than 250 millimetres of precipitation a year on average. " * 2)
+    (corpus / "deserts.md").write_text(
+        "Deserts receive less than 250 millimetres of precipitation a year on average. " * 2
+    )
     with pytest.warns(UserWarning):
         grown = ingest(corpus, index_dir, IndexSettings(chunk_size=64, chunk_overlap=8))
     new_chunks = grown.chunks - first.chunks
@@ -133,11 +166,33 @@ def test_index_type_by_size(kind, n):
 
 def test_cli_ingest_and_retrieve_json(corpus, tmp_path):
     index_dir = tmp_path / "cli-index"
-    proc = subprocess.run(distill_cmd() + ["ingest", "--corpus", str(corpus), "--index-dir", str(index_dir), "--chunk-size", "64", "--chunk-overlap", "8"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        distill_cmd()
+        + [
+            "ingest",
+            "--corpus",
+            str(corpus),
+            "--index-dir",
+            str(index_dir),
+            "--chunk-size",
+            "64",
+            "--chunk-overlap",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("empty.md", "blob.txt", "truncated.pdf"):
         assert name in proc.stdout
-    proc = subprocess.run(distill_cmd() + ["retrieve", "--index-dir", str(index_dir), "--k", "3", "--json", "what pulls the oceans to make tides"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        distill_cmd()
+        + ["retrieve", "--index-dir", str(index_dir), "--k", "3", "--json", "what pulls the oceans to make tides"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(rows) == 3 and rows[0]["document"] == "tides.txt"

@@ -5,7 +5,7 @@ The generator is a canned fake: these tests check which parents each prompt gets
 
 import pytest
 
-from sdk.adversarial.generation import GenerationPlan, generate_instructions, parent_pools, Parents
+from sdk.adversarial.generation import GenerationPlan, Parents, generate_instructions, parent_pools
 from sdk.config import GenerationSettings, load_recipe
 from sdk.errors import ConfigError
 from sdk.models.base import ChatBackend
@@ -34,12 +34,15 @@ class CannedGenerator(ChatBackend):
 
 
 # in the cache pool but in neither split: not sampled for refereeing, no teacher answer, or an unparsed verdict
-NEITHER = _rows("n", [
-    "Describe the stages of wound healing after a small cut.",
-    "List the side effects of long-term oral corticosteroids.",
-    "What is the normal resting heart rate of a healthy adult?",
-    "How is iron-deficiency anaemia treated in pregnancy?",
-])  # fmt: skip
+NEITHER = _rows(
+    "n",
+    [
+        "Describe the stages of wound healing after a small cut.",
+        "List the side effects of long-term oral corticosteroids.",
+        "What is the normal resting heart rate of a healthy adult?",
+        "How is iron-deficiency anaemia treated in pregnancy?",
+    ],
+)
 CACHE = HARD + EASY + NEITHER
 NEW = DISTINCT + [
     "Plan the follow-up of a child after a first febrile seizure.",
@@ -53,14 +56,27 @@ def pack():
 
 
 def _plan(feedback, **kw):
-    base = dict(n_new=16, max_attempts=16, hard_share=0.5, rouge_threshold=0.7, cosine_threshold=None, min_words=4, max_words=150, seed=0, iteration=0, feedback=feedback)
+    base = dict(
+        n_new=16,
+        max_attempts=16,
+        hard_share=0.5,
+        rouge_threshold=0.7,
+        cosine_threshold=None,
+        min_words=4,
+        max_words=150,
+        seed=0,
+        iteration=0,
+        feedback=feedback,
+    )
     return GenerationPlan(**{**base, **kw})
 
 
 def _generate(pack, feedback, generator, journal=None):
     """As the pipeline's generate stage does it: parent pools by the feedback knob, then generation."""
     hard, easy = parent_pools(feedback, HARD, EASY, CACHE)
-    return generate_instructions(pack, generator, Parents(hard, easy, CACHE), _plan(feedback, generator_name="canned"), journal=journal)
+    return generate_instructions(
+        pack, generator, Parents(hard, easy, CACHE), _plan(feedback, generator_name="canned"), journal=journal
+    )
 
 
 def _prompted(generator, template):
@@ -111,7 +127,9 @@ def test_without_feedback_a_resumed_stage_replays_the_same_parents(pack, tmp_pat
     second = CannedGenerator(NEW, offset=5)  # the replies the remaining attempts got the first time
     resumed = _generate(pack, "none", second, journal=Journal(path))
     assert len(second.prompts) == len(first.prompts) - 5 and second.prompts == first.prompts[5:]
-    assert [(r["id"], r["instruction"], r["parent_id"]) for r in resumed.kept] == [(r["id"], r["instruction"], r["parent_id"]) for r in full.kept]
+    assert [(r["id"], r["instruction"], r["parent_id"]) for r in resumed.kept] == [
+        (r["id"], r["instruction"], r["parent_id"]) for r in full.kept
+    ]
 
 
 def test_feedback_knob_is_validated():

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from sdk.config import GenerationSettings, ModelsSettings, ModelSpec
+from sdk.config import GenerationSettings, ModelSpec, ModelsSettings
 from sdk.models import describe, embedded_model_dir, load_chat_model, load_local
 from sdk.models.local import LocalChatModel
 from sdk.models.prune import check_keep_layers, every_k_layers
@@ -17,13 +17,18 @@ QUESTIONS = ["What is hypertension?", "Name two symptoms of dehydration in child
 
 
 def conversations(qs=QUESTIONS):
-    return [[{"role": "system", "content": "You are a concise clinical assistant."}, {"role": "user", "content": q}] for q in qs]
+    return [
+        [{"role": "system", "content": "You are a concise clinical assistant."}, {"role": "user", "content": q}]
+        for q in qs
+    ]
 
 
 @pytest.fixture(scope="module")
 def teacher():
     ms = ModelsSettings()
-    return load_chat_model(ms.teacher.model_copy(update={"generation": GenerationSettings(max_new_tokens=12, batch_size=3)}), ms)
+    return load_chat_model(
+        ms.teacher.model_copy(update={"generation": GenerationSettings(max_new_tokens=12, batch_size=3)}), ms
+    )
 
 
 def test_embedded_cache_loads_fast():
@@ -42,7 +47,12 @@ def test_cache_build_is_safe_under_a_race(tmp_path):
     """Two processes build a fresh cache at once: both succeed and agree on one complete folder."""
     env = dict(os.environ, DISTILLERY_CACHE=str(tmp_path))
     code = "from sdk.models.embedded import embedded_model_dir; print(embedded_model_dir())"
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     paths = {o[0].strip().splitlines()[-1] for o in outs}
@@ -94,7 +104,9 @@ def test_pruned_student_saves_reloads_and_generates(tmp_path):
     assert reloaded.config.num_hidden_layers == 11
     for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()):
         assert torch.equal(a, b)
-    chat = LocalChatModel(reloaded, AutoTokenizer.from_pretrained(tmp_path), "reloaded", GenerationSettings(max_new_tokens=8))
+    chat = LocalChatModel(
+        reloaded, AutoTokenizer.from_pretrained(tmp_path), "reloaded", GenerationSettings(max_new_tokens=8)
+    )
     out = chat.generate(conversations(QUESTIONS[:2]))
     assert len(out) == 2 and all(isinstance(o, str) for o in out)
     # the KV cache works with renumbered layers: cached and uncached greedy decoding agree

@@ -24,7 +24,16 @@ def isolated(monkeypatch, tmp_path):
 
 def spec(server, **kw):
     gen = kw.pop("generation", GenerationSettings(batch_size=2, max_new_tokens=16))
-    base = dict(provider="openai", base_url=server.base_url, model="teacher-x", api_key_env="DISTILLERY_TEST_KEY", max_retries=3, timeout_s=10, backoff_base_s=0.01, generation=gen)
+    base = dict(
+        provider="openai",
+        base_url=server.base_url,
+        model="teacher-x",
+        api_key_env="DISTILLERY_TEST_KEY",
+        max_retries=3,
+        timeout_s=10,
+        backoff_base_s=0.01,
+        generation=gen,
+    )
     return ModelSpec(**{**base, **kw})
 
 
@@ -84,7 +93,9 @@ def test_a_400_is_not_retried_and_a_401_stops_the_call():
     assert server.prompts().count("rejected") == 1
     with FakeOpenAIServer(faults=["401"]) as server:
         with pytest.raises(ModelError, match="refused the API key .*DISTILLERY_TEST_KEY"):
-            load_chat_model(spec(server, generation=GenerationSettings(batch_size=1))).generate(convs("a", "b", "c"), return_errors=True)
+            load_chat_model(spec(server, generation=GenerationSettings(batch_size=1))).generate(
+                convs("a", "b", "c"), return_errors=True
+            )
     assert server.count == 1  # nothing more is sent once the key is refused
 
 
@@ -140,7 +151,17 @@ def test_missing_key_env_is_a_clear_error(monkeypatch):
 
 
 def test_recipe_holds_the_env_name_never_the_key():
-    recipe = load_recipe("smoke", overrides={"models.teacher": {"provider": "openai", "base_url": "http://127.0.0.1:1/v1", "model": "m", "api_key_env": "DISTILLERY_TEST_KEY"}})
+    recipe = load_recipe(
+        "smoke",
+        overrides={
+            "models.teacher": {
+                "provider": "openai",
+                "base_url": "http://127.0.0.1:1/v1",
+                "model": "m",
+                "api_key_env": "DISTILLERY_TEST_KEY",
+            }
+        },
+    )
     dumped = recipe.to_yaml()
     assert "DISTILLERY_TEST_KEY" in dumped and SECRET not in dumped
 
@@ -149,7 +170,12 @@ def test_a_key_pasted_as_api_key_env_is_rejected_without_echoing_it():
     from sdk.errors import ConfigError
 
     with pytest.raises(ConfigError, match="api_key_env") as info:
-        load_recipe("smoke", overrides={"models.teacher": {"provider": "openai", "base_url": "http://x/v1", "model": "m", "api_key_env": SECRET}})
+        load_recipe(
+            "smoke",
+            overrides={
+                "models.teacher": {"provider": "openai", "base_url": "http://x/v1", "model": "m", "api_key_env": SECRET}
+            },
+        )
     assert SECRET not in str(info.value)
 
 
@@ -166,7 +192,11 @@ def test_the_key_appears_in_no_file_log_or_error(tmp_path, caplog, capfd):
 
     def to_row(i, out):
         failed = isinstance(out, BaseException)
-        return {"id": prompts[i], "answer": None if failed else out, "error": f"{type(out).__name__}: {out}" if failed else None}
+        return {
+            "id": prompts[i],
+            "answer": None if failed else out,
+            "error": f"{type(out).__name__}: {out}" if failed else None,
+        }
 
     with FakeOpenAIServer(fault_on=faults, retry_after="0") as server:
         s = spec(server, max_retries=1, max_malformed_retries=1, cache_path=str(run_dir / "cache.sqlite"))
@@ -181,11 +211,15 @@ def test_the_key_appears_in_no_file_log_or_error(tmp_path, caplog, capfd):
             load_chat_model(s.model_copy(update={"base_url": server.base_url})).generate(convs("x"))
     assert server.auth_headers == [f"Bearer {SECRET}"]  # the key was really sent
     assert journal.done["echo"]["error"].startswith("ModelError: HTTP 400") and "***" in journal.done["echo"]["error"]
-    assert journal.done["fine"]["answer"] == "ok: fine" and budget.calls == 1 + 2 + 2 + 2 + 2 + 1  # one try each, one retry for the four retried faults
+    assert (
+        journal.done["fine"]["answer"] == "ok: fine" and budget.calls == 1 + 2 + 2 + 2 + 2 + 1
+    )  # one try each, one retry for the four retried faults
     texts = [str(e) for e in errors] + [repr(e) for e in errors] + [str(refused.value), caplog.text]
     texts += list(capfd.readouterr())
     texts += [p.read_bytes().decode("utf-8", "replace") for p in run_dir.rglob("*") if p.is_file()]
-    assert {"config.yaml", "teacher.partial.jsonl", "teacher.json", "cache.sqlite"} <= {p.name for p in run_dir.rglob("*")}
+    assert {"config.yaml", "teacher.partial.jsonl", "teacher.json", "cache.sqlite"} <= {
+        p.name for p in run_dir.rglob("*")
+    }
     for text in texts:
         assert SECRET not in text
 
@@ -193,7 +227,9 @@ def test_the_key_appears_in_no_file_log_or_error(tmp_path, caplog, capfd):
 def test_random_faults_of_every_kind_still_answer_every_row():
     """Like a flaky hosted API: 30% of requests fail in one of six ways; every row still gets its answer."""
     kinds = ("429", "500", "slow", "drop", "malformed", "empty")
-    with FakeOpenAIServer(faults=list(kinds), random_faults=0.3, random_kinds=kinds, seed=3, retry_after="0", slow_s=2) as server:  # each kind once, then at random
+    with FakeOpenAIServer(
+        faults=list(kinds), random_faults=0.3, random_kinds=kinds, seed=3, retry_after="0", slow_s=2
+    ) as server:  # each kind once, then at random
         model = load_chat_model(spec(server, concurrency=8, timeout_s=0.3, max_retries=8, max_malformed_retries=8))
         questions = [f"q{i}" for i in range(40)]
         out = model.generate(convs(*questions), return_errors=True)

@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
+from sdk.evaluate.domain import key_point_recall
 from sdk.packs import discover_packs
 from sdk.packs.validate import validate_pack
-from sdk.evaluate.domain import key_point_recall
 
 PACKS = discover_packs()
 BUILT_IN = [name for name, p in PACKS.items() if p.source == "built-in"]

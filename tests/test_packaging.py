@@ -17,10 +17,16 @@ def test_editable_install_finds_bundled_data():
 
 def test_built_wheel_carries_packs_corpora_and_recipes(tmp_path):
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(ROOT)], capture_output=True, text=True)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(wheel_dir.glob("distillery-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True
+    )
     code = (
         "import sdk.paths as p, sdk.packs as packs;"
         "d = p.data_dir('domains'); print(d);"
@@ -31,13 +37,22 @@ def test_built_wheel_carries_packs_corpora_and_recipes(tmp_path):
         "from sdk.train.replay import general_instructions;"
         "print(len(general_instructions()), sorted(f.name for f in (p.data_dir('configs') / 'deepspeed').glob('*.json')))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""}, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target), "PATH": ""},
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.split("\n")
     assert lines[0].startswith(str(target)) and lines[0].endswith("sdk/_data/domains")
     assert lines[1] == "['finance', 'law', 'medicine', 'science']"
     assert int(lines[2]) >= 25
     # the forgetting suite (lm-eval task YAML + data), the replay set and the DeepSpeed configs ship too
-    assert lines[3] == "['distillery_general', 'distillery_general_mc', 'distillery_general_ppl'] ['general_mc.jsonl', 'general_ppl.jsonl']"
+    assert (
+        lines[3]
+        == "['distillery_general', 'distillery_general_mc', 'distillery_general_ppl'] ['general_mc.jsonl', 'general_ppl.jsonl']"
+    )
     count, deepspeed = lines[4].split(" ", 1)
     assert int(count) >= 200 and "zero3.json" in deepspeed

@@ -2,9 +2,6 @@
 
 import json
 import shutil
-import sys
-import textwrap
-import warnings
 from pathlib import Path
 
 import pytest
@@ -13,7 +10,6 @@ from sdk.errors import PackError
 from sdk.packs import discover_packs, load_pack_dir, resolve_pack
 from sdk.packs.scaffold import scaffold_pack
 from sdk.packs.validate import validate_pack
-from sdk.paths import data_dir
 from tests.conftest import TINY_PACKS
 
 BUILT_IN = ["finance", "law", "medicine", "science"]
@@ -74,7 +70,11 @@ def test_duplicate_criterion_name(tmp_path):
 
 def test_missing_prompt_file_names_file_and_field(tmp_path):
     pack = copy_pack(tmp_path)
-    (pack / "pack.yaml").write_text((pack / "pack.yaml").read_text().replace("verifiers:\n", "prompts:\n  referee: prompts/referee.jinja2\nverifiers:\n", 1))
+    (pack / "pack.yaml").write_text(
+        (pack / "pack.yaml")
+        .read_text()
+        .replace("verifiers:\n", "prompts:\n  referee: prompts/referee.jinja2\nverifiers:\n", 1)
+    )
     fails = failures(pack)
     assert "files" in fails
     assert str(pack / "pack.yaml") in fails["files"] and "field 'prompts.referee': file not found" in fails["files"]
@@ -83,17 +83,35 @@ def test_missing_prompt_file_names_file_and_field(tmp_path):
 def test_seed_copied_into_eval_is_caught(tmp_path):
     pack = copy_pack(tmp_path)
     seed = json.loads((pack / "seeds.jsonl").read_text().splitlines()[2])
-    row = {"id": "tiny-eval-099", "instruction": seed["instruction"], "reference": "Some reference answer.", "key_points": ["one point here", "another point here"], "subarea": "x", "task_type": "compare"}
+    row = {
+        "id": "tiny-eval-099",
+        "instruction": seed["instruction"],
+        "reference": "Some reference answer.",
+        "key_points": ["one point here", "another point here"],
+        "subarea": "x",
+        "task_type": "compare",
+    }
     with open(pack / "eval.jsonl", "a") as fh:
         fh.write(json.dumps(row) + "\n")
     fails = failures(pack)
-    assert "eval.jsonl" in fails["disjoint"] and "tiny-eval-099" in fails["disjoint"] and "field 'instruction'" in fails["disjoint"]
+    assert (
+        "eval.jsonl" in fails["disjoint"]
+        and "tiny-eval-099" in fails["disjoint"]
+        and "field 'instruction'" in fails["disjoint"]
+    )
     assert seed["id"] in fails["disjoint"]
 
 
 def test_near_duplicate_by_rouge_l(tmp_path):
     pack = copy_pack(tmp_path)
-    row = {"id": "tiny-eval-098", "instruction": "Compare a viral and a bacterial infection please.", "reference": "Some reference answer.", "key_points": ["one point here", "another point"], "subarea": "x", "task_type": "compare"}
+    row = {
+        "id": "tiny-eval-098",
+        "instruction": "Compare a viral and a bacterial infection please.",
+        "reference": "Some reference answer.",
+        "key_points": ["one point here", "another point"],
+        "subarea": "x",
+        "task_type": "compare",
+    }
     with open(pack / "eval.jsonl", "a") as fh:
         fh.write(json.dumps(row) + "\n")
     assert "near-duplicate" in failures(pack)["disjoint"]
@@ -102,7 +120,10 @@ def test_near_duplicate_by_rouge_l(tmp_path):
 def test_bad_seed_row_names_line_and_field(tmp_path):
     pack = copy_pack(tmp_path)
     with open(pack / "seeds.jsonl", "a") as fh:
-        fh.write(json.dumps({"id": "x", "instruction": "Explain something here.", "subarea": "a", "task_type": "guess"}) + "\n")
+        fh.write(
+            json.dumps({"id": "x", "instruction": "Explain something here.", "subarea": "a", "task_type": "guess"})
+            + "\n"
+        )
     fails = failures(pack)
     assert "seeds.jsonl:11" in fails["rows"] and "field 'task_type'" in fails["rows"]
 
@@ -117,13 +138,22 @@ def test_template_with_unknown_variable_fails_render(tmp_path):
     pack = copy_pack(tmp_path)
     (pack / "prompts").mkdir()
     (pack / "prompts" / "synthesis.jinja2").write_text("Passage: {{ passage }} {{ no_such_variable }}")
-    (pack / "pack.yaml").write_text((pack / "pack.yaml").read_text().replace("verifiers:\n", "prompts:\n  synthesis: prompts/synthesis.jinja2\nverifiers:\n", 1))
+    (pack / "pack.yaml").write_text(
+        (pack / "pack.yaml")
+        .read_text()
+        .replace("verifiers:\n", "prompts:\n  synthesis: prompts/synthesis.jinja2\nverifiers:\n", 1)
+    )
     assert "no_such_variable" in failures(pack)["prompts"]
 
 
 def test_pack_path_overrides_built_in_with_a_warning(tmp_path):
     pack = copy_pack(tmp_path, "tiny")
-    (pack / "pack.yaml").write_text((pack / "pack.yaml").read_text().replace("name: tiny", "name: medicine").replace("aliases: [tiny-alias]", "aliases: []"))
+    (pack / "pack.yaml").write_text(
+        (pack / "pack.yaml")
+        .read_text()
+        .replace("name: tiny", "name: medicine")
+        .replace("aliases: [tiny-alias]", "aliases: []")
+    )
     with pytest.warns(UserWarning, match=r"pack 'medicine' from pack-path .* replaces the one from built-in"):
         packs = discover_packs([tmp_path])
     assert packs["medicine"].root == pack.resolve()
@@ -134,7 +164,9 @@ def test_entry_point_pack_is_discovered_and_overrides(tmp_path, monkeypatch):
     site = tmp_path / "site"
     pkg = site / "acme_packs"
     shutil.copytree(TINY_PACKS / "tiny", pkg / "tiny")
-    text = (pkg / "tiny" / "pack.yaml").read_text().replace("name: tiny", "name: acme").replace("tiny-alias", "acme-alias")
+    text = (
+        (pkg / "tiny" / "pack.yaml").read_text().replace("name: tiny", "name: acme").replace("tiny-alias", "acme-alias")
+    )
     (pkg / "tiny" / "pack.yaml").write_text(text)
     (pkg / "__init__.py").write_text("from pathlib import Path\nPACK_DIR = str(Path(__file__).parent / 'tiny')\n")
     dist = site / "acme_packs-1.0.dist-info"
@@ -171,4 +203,11 @@ def test_verifier_crash_becomes_a_finding(tmp_path):
     pack = copy_pack(tmp_path)
     (pack / "verifiers.py").write_text("def check_number(instruction, answer):\n    raise ValueError('boom')\n")
     findings = load_pack_dir(pack).run_verifiers("q", "a")
-    assert findings == [{"verifier": "mentions_number", "label": "verifier-crashed", "severity": "warning", "message": "ValueError: boom"}]
+    assert findings == [
+        {
+            "verifier": "mentions_number",
+            "label": "verifier-crashed",
+            "severity": "warning",
+            "message": "ValueError: boom",
+        }
+    ]

@@ -14,9 +14,28 @@ import pytest
 from tests.conftest import TINY_PACKS, distill_cmd
 from tests.openai_server import FakeOpenAIServer
 
-TOPICS = ["asthma", "anaemia", "gout", "migraine", "sepsis", "angina", "eczema", "scabies", "rickets", "tetanus", "shingles", "psoriasis"]
-ASKS = ["List the warning signs of", "Explain to a patient how doctors confirm", "Compare the first-line treatments for",
-        "Draft a discharge note about", "Classify the severity levels used for", "Describe the long-term outlook in"]  # fmt: skip
+TOPICS = [
+    "asthma",
+    "anaemia",
+    "gout",
+    "migraine",
+    "sepsis",
+    "angina",
+    "eczema",
+    "scabies",
+    "rickets",
+    "tetanus",
+    "shingles",
+    "psoriasis",
+]
+ASKS = [
+    "List the warning signs of",
+    "Explain to a patient how doctors confirm",
+    "Compare the first-line treatments for",
+    "Draft a discharge note about",
+    "Classify the severity levels used for",
+    "Describe the long-term outlook in",
+]
 
 
 def _pick(text: str, options: list[str], salt: str = "") -> str:
@@ -27,7 +46,13 @@ def scripted_reply(messages) -> str:
     """Plays every role from the prompt it is sent: referee (JSON verdict), generator, synthesis, teacher."""
     prompt = messages[-1]["content"]
     if "score_a" in prompt:  # the pairwise referee: scores vary with the content, so some rows are hard and some easy
-        return json.dumps({"score_a": 3 + int(_pick(prompt, list("0123456"), "a")), "score_b": 3 + int(_pick(prompt, list("0123456"), "b")), "reason": "scripted"})
+        return json.dumps(
+            {
+                "score_a": 3 + int(_pick(prompt, list("0123456"), "a")),
+                "score_b": 3 + int(_pick(prompt, list("0123456"), "b")),
+                "reason": "scripted",
+            }
+        )
     if "Write one new instruction" in prompt:
         return f"{_pick(prompt, ASKS)} {_pick(prompt, TOPICS, 't')} in an older adult with kidney disease."
     if "new, self-contained instructions" in prompt:
@@ -37,10 +62,12 @@ def scripted_reply(messages) -> str:
 
 def _pruned_student(path: Path) -> Path:
     """The student must be local; with every other role remote it is a pruned embedded model saved as hf."""
-    from sdk.config import ModelsSettings, ModelSpec
+    from sdk.config import ModelSpec, ModelsSettings
     from sdk.models import load_local
 
-    model, tokenizer = load_local(ModelSpec(provider="pruned", base="teacher", prune_method="every_k", keep_every=3), ModelsSettings())
+    model, tokenizer = load_local(
+        ModelSpec(provider="pruned", base="teacher", prune_method="every_k", keep_every=3), ModelsSettings()
+    )
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -53,19 +80,54 @@ def test_remote_roles_survive_faults_and_a_second_run_sends_nothing(tmp_path):
     student = _pruned_student(tmp_path / "student-init")
     kinds = ("429", "500", "503", "slow", "drop", "malformed", "empty", "garbage")
     # each kind of fault once at the start, then a fault on about one request in six
-    with FakeOpenAIServer(reply=scripted_reply, faults=list(kinds), random_faults=0.15, random_kinds=kinds, seed=7, slow_s=2.0, retry_after="1") as server:
-        settings = ["adversarial.iterations=1", "forgetting.enabled=false", "train.epochs=1", "models.student.provider=hf", f"models.student.name_or_path={student}"]
+    with FakeOpenAIServer(
+        reply=scripted_reply,
+        faults=list(kinds),
+        random_faults=0.15,
+        random_kinds=kinds,
+        seed=7,
+        slow_s=2.0,
+        retry_after="1",
+    ) as server:
+        settings = [
+            "adversarial.iterations=1",
+            "forgetting.enabled=false",
+            "train.epochs=1",
+            "models.student.provider=hf",
+            f"models.student.name_or_path={student}",
+        ]
         for role in ("teacher", "referee", "generator"):
-            settings += [f"models.{role}.provider=openai", f"models.{role}.base_url={server.base_url}", f"models.{role}.model={role}-model",
-                         f"models.{role}.api_key_env=DISTILLERY_E2E_KEY", f"models.{role}.timeout_s=1", f"models.{role}.backoff_base_s=0.05",
-                         f"models.{role}.max_retries=8", f"models.{role}.max_malformed_retries=4"]  # fmt: skip
-        args = ["--domain", "tiny", "--pack-path", str(TINY_PACKS), "--preset", "smoke"] + [a for s in settings for a in ("--set", s)]
+            settings += [
+                f"models.{role}.provider=openai",
+                f"models.{role}.base_url={server.base_url}",
+                f"models.{role}.model={role}-model",
+                f"models.{role}.api_key_env=DISTILLERY_E2E_KEY",
+                f"models.{role}.timeout_s=1",
+                f"models.{role}.backoff_base_s=0.05",
+                f"models.{role}.max_retries=8",
+                f"models.{role}.max_malformed_retries=4",
+            ]
+        args = ["--domain", "tiny", "--pack-path", str(TINY_PACKS), "--preset", "smoke"] + [
+            a for s in settings for a in ("--set", s)
+        ]
 
-        first = subprocess.run(distill_cmd() + ["run", *args, "--run-dir", str(tmp_path / "first")], capture_output=True, text=True, timeout=1200, env=env)
+        first = subprocess.run(
+            distill_cmd() + ["run", *args, "--run-dir", str(tmp_path / "first")],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            env=env,
+        )
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         paid = server.count
         served = list(server.served)
-        second = subprocess.run(distill_cmd() + ["run", *args, "--run-dir", str(tmp_path / "second")], capture_output=True, text=True, timeout=1200, env=env)
+        second = subprocess.run(
+            distill_cmd() + ["run", *args, "--run-dir", str(tmp_path / "second")],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            env=env,
+        )
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         assert server.count == paid  # every reply came from the cache
         assert set(server.auth_headers) == {f"Bearer {key}"}  # the key was sent, to the server only
@@ -79,8 +141,16 @@ def test_remote_roles_survive_faults_and_a_second_run_sends_nothing(tmp_path):
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (first_dir, second_dir))
     assert m1["data"]["teacher_failed"] == 0 and m1["iterations"][0]["discrimination"]["unparsed"] == 0
     assert m1["models"]["referee"] == "llm"
-    for name, field in (("iter_00/teacher.jsonl", "answer"), ("eval/teacher.jsonl", "answer"), ("iter_00/referee.jsonl", "gap"), ("iter_00/generated.jsonl", "instruction")):
-        rows = [[(r["id"], r.get(field)) for r in map(json.loads, (d / name).read_text().splitlines())] for d in (first_dir, second_dir)]
+    for name, field in (
+        ("iter_00/teacher.jsonl", "answer"),
+        ("eval/teacher.jsonl", "answer"),
+        ("iter_00/referee.jsonl", "gap"),
+        ("iter_00/generated.jsonl", "instruction"),
+    ):
+        rows = [
+            [(r["id"], r.get(field)) for r in map(json.loads, (d / name).read_text().splitlines())]
+            for d in (first_dir, second_dir)
+        ]
         assert rows[0] == rows[1] and rows[0], name  # the same artifacts, from the cache
     assert m1["relative_score"] == m2["relative_score"]
 

@@ -1,7 +1,5 @@
 """The stage contract: what each stage declares it reads and writes, and the resume fingerprint."""
 
-from pathlib import Path
-
 import pytest
 
 from sdk.config import load_recipe
@@ -18,7 +16,9 @@ def _written_before(stage_index: int) -> set[str]:
     for stage in STAGES[:stage_index]:
         for ref in stage.writes:
             head, _, attr = ref.partition(".")
-            if head == "iteration":  # a loop stage's output is this iteration's, the previous one's, and (after the loop) any
+            if (
+                head == "iteration"
+            ):  # a loop stage's output is this iteration's, the previous one's, and (after the loop) any
                 names |= {f"iteration.{attr}", f"previous.{attr}", f"first.{attr}", f"last.{attr}", f"every.{attr}"}
             else:
                 names.add(ref)
@@ -59,7 +59,11 @@ def _finished_train(tmp_path) -> tuple:
     train = next(s for s in LOOP if s.name == "train")
     from sdk.stages.base import fingerprint
 
-    store.mark_done(train.key(store.layout, 0), outputs=[], recipe=fingerprint(pipeline.recipe.model_dump(mode="json"), train.recipe))
+    store.mark_done(
+        train.key(store.layout, 0),
+        outputs=[],
+        recipe=fingerprint(pipeline.recipe.model_dump(mode="json"), train.recipe),
+    )
     return pipeline.recipe, store
 
 
@@ -67,7 +71,9 @@ def _resumed(recipe, store, *overrides):
     from sdk.config import apply_overrides, validate_recipe
 
     new = validate_recipe(apply_overrides(recipe.model_dump(mode="json"), list(overrides)), "test")
-    return Pipeline(new, RunStore(store.root), changed_keys(recipe.model_dump(mode="json"), new.model_dump(mode="json")))
+    return Pipeline(
+        new, RunStore(store.root), changed_keys(recipe.model_dump(mode="json"), new.model_dump(mode="json"))
+    )
 
 
 def test_resume_refuses_a_changed_section_that_a_finished_stage_read(tmp_path):

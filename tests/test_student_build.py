@@ -5,10 +5,17 @@ import math
 import pytest
 import torch
 
-from sdk.config import HealSettings, ModelsSettings, ModelSpec
+from sdk.config import HealSettings, ModelSpec, ModelsSettings
 from sdk.evaluate.degeneration import degeneration, degeneration_summary, longest_repeat
 from sdk.evaluate.fidelity import fidelity, gap_closed, perplexity, token_divergence
-from sdk.models.prune import angular_layers, block_influence_layers, choose_layers, every_k_layers, target_layers
+from sdk.models.prune import (
+    PrunePlan,
+    angular_layers,
+    block_influence_layers,
+    choose_layers,
+    every_k_layers,
+    target_layers,
+)
 from tests.train_helpers import tiny_model_dir
 
 TEXTS = [
@@ -40,10 +47,12 @@ def test_angular_drops_the_closest_contiguous_block_and_never_the_ends():
     assert every_k_layers(8, 3) == [0, 3, 6, 7]
 
 
-@pytest.mark.parametrize("method,n_keep", [("angular", 5), ("block_influence", 5), ("angular", 2), ("block_influence", 7)])
+@pytest.mark.parametrize(
+    "method,n_keep", [("angular", 5), ("block_influence", 5), ("angular", 2), ("block_influence", 7)]
+)
 def test_each_scored_method_keeps_first_last_and_the_requested_count(tiny_teacher, method, n_keep):
     _, model, tok = tiny_teacher
-    record = choose_layers(model, tok, method, n_keep, TEXTS, max_tokens=32)
+    record = choose_layers(model, tok, PrunePlan(method, n_keep, max_tokens=32), TEXTS)
     assert len(record.kept) == n_keep and record.kept[0] == 0 and record.kept[-1] == 7
     assert len(record.block_influence) == 8 and all(0 <= s <= 2 for s in record.block_influence)
     assert record.calibration_tokens > 0
@@ -54,7 +63,7 @@ def test_each_scored_method_keeps_first_last_and_the_requested_count(tiny_teache
 
 def test_keep_layers_overrides_the_method_and_may_drop_the_ends(tiny_teacher):
     _, model, tok = tiny_teacher
-    assert choose_layers(model, tok, "angular", 4, TEXTS, keep_layers=[1, 2, 3]).kept == [1, 2, 3]
+    assert choose_layers(model, tok, PrunePlan("angular", 4, keep_layers=[1, 2, 3]), TEXTS).kept == [1, 2, 3]
 
 
 def test_size_is_num_layers_or_keep_ratio():
@@ -89,7 +98,10 @@ def test_fidelity_of_a_model_to_itself_is_zero_and_to_another_is_a_hand_computat
 
     _, teacher, tok = tiny_teacher
     other = AutoModelForCausalLM.from_pretrained(tiny_model_dir(tmp_path / "other", layers=2, hidden=32, seed=5))
-    prompts, answers = ["Question: what is sepsis?\nAnswer:", "Question: asthma?\nAnswer:"], [" An infection response.", " Airway inflammation."]
+    prompts, answers = (
+        ["Question: what is sepsis?\nAnswer:", "Question: asthma?\nAnswer:"],
+        [" An infection response.", " Airway inflammation."],
+    )
     same = fidelity(teacher, teacher, tok, prompts, answers)["summary"]
     assert same["kl_per_token"] == pytest.approx(0.0, abs=1e-5) and same["top1_agreement"] == 1.0
     got = fidelity(teacher, other, tok, prompts, answers)["summary"]
@@ -133,20 +145,47 @@ def test_healed_student_cache_is_keyed_by_corpus_and_heal_settings(tiny_teacher,
     path, teacher_model, tok = tiny_teacher
     teacher = LocalChatModel(teacher_model, tok, "tiny teacher", GenerationSettings(max_new_tokens=4))
     hf = ModelSpec(provider="hf", name_or_path=str(path))
-    models = ModelsSettings(teacher=hf, referee=hf, generator=hf, student=ModelSpec(provider="pruned", base="teacher", num_layers=4, calibration_chunks=4, calibration_tokens=32))
+    models = ModelsSettings(
+        teacher=hf,
+        referee=hf,
+        generator=hf,
+        student=ModelSpec(provider="pruned", base="teacher", num_layers=4, calibration_chunks=4, calibration_tokens=32),
+    )
     heal = HealSettings(steps=2, batch_size=2, max_length=32, general_fraction=0.0)
     prompts = [teacher.render([{"role": "user", "content": "What is sepsis?"}])]
     inputs = student_stage.StudentInputs(TEXTS, TEXTS[:1], prompts, ["An infection response."])
 
     first = student_stage.build(student_stage.StudentSettings(models, heal, 0), inputs, teacher, "tiny teacher")
     assert first["prune"]["kept"][0] == 0 and first["prune"]["kept"][-1] == 7 and len(first["prune"]["kept"]) == 4
-    assert first["heal"]["steps"] == 2 and first["before_heal"]["kl_per_token"] is not None and first["after_heal"]["kl_per_token"] is not None
+    assert (
+        first["heal"]["steps"] == 2
+        and first["before_heal"]["kl_per_token"] is not None
+        and first["after_heal"]["kl_per_token"] is not None
+    )
     again = student_stage.build(student_stage.StudentSettings(models, heal, 0), inputs, teacher, "tiny teacher")
     assert again["path"] == first["path"]  # reused, not rebuilt
-    changed_corpus = student_stage.StudentInputs(TEXTS[:3] + ["Anaphylaxis is a severe allergic reaction."], TEXTS[:1], prompts, ["An infection response."])
-    assert student_stage.build(student_stage.StudentSettings(models, heal, 0), changed_corpus, teacher, "tiny teacher")["path"] != first["path"]
-    assert student_stage.build(student_stage.StudentSettings(models, heal.model_copy(update={"learning_rate": 1e-3}), 0), inputs, teacher, "tiny teacher")["path"] != first["path"]
-    assert student_stage.build(student_stage.StudentSettings(models, heal, 1), inputs, teacher, "tiny teacher")["path"] != first["path"]  # another seed
+    changed_corpus = student_stage.StudentInputs(
+        TEXTS[:3] + ["Anaphylaxis is a severe allergic reaction."], TEXTS[:1], prompts, ["An infection response."]
+    )
+    assert (
+        student_stage.build(student_stage.StudentSettings(models, heal, 0), changed_corpus, teacher, "tiny teacher")[
+            "path"
+        ]
+        != first["path"]
+    )
+    assert (
+        student_stage.build(
+            student_stage.StudentSettings(models, heal.model_copy(update={"learning_rate": 1e-3}), 0),
+            inputs,
+            teacher,
+            "tiny teacher",
+        )["path"]
+        != first["path"]
+    )
+    assert (
+        student_stage.build(student_stage.StudentSettings(models, heal, 1), inputs, teacher, "tiny teacher")["path"]
+        != first["path"]
+    )  # another seed
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(first["path"]).config.num_hidden_layers == 4

@@ -3,7 +3,16 @@
 import pytest
 
 from sdk.config import GenerationSettings
-from sdk.curation.synthesis import copies_passage, document_subarea, parse_instructions, quality_problem, sample_passages, split_task_label, SynthesisPlan, synthesize
+from sdk.curation.synthesis import (
+    SynthesisPlan,
+    copies_passage,
+    document_subarea,
+    parse_instructions,
+    quality_problem,
+    sample_passages,
+    split_task_label,
+    synthesize,
+)
 from sdk.models.base import ChatBackend
 from sdk.packs import load_pack_dir
 from tests.conftest import TINY_PACKS
@@ -13,7 +22,11 @@ PASSAGE = "Bacteria are single-celled organisms that can often be treated with a
 
 def test_parse_numbered_and_bulleted_lists():
     reply = "Here are some:\n1. Explain why antibiotics do not work on viruses.\n2) Compare bacteria and viruses in size.\n- What is a host cell?\nThanks!"
-    assert parse_instructions(reply) == ["Explain why antibiotics do not work on viruses.", "Compare bacteria and viruses in size.", "What is a host cell?"]
+    assert parse_instructions(reply) == [
+        "Explain why antibiotics do not work on viruses.",
+        "Compare bacteria and viruses in size.",
+        "What is a host cell?",
+    ]
     assert parse_instructions("Why do viruses need host cells?") == ["Why do viruses need host cells?"]
     assert parse_instructions("I am not sure.\nMaybe later.") == []
 
@@ -52,7 +65,14 @@ def test_sampling_spreads_over_subareas_and_documents():
     for area, docs in {"cardiology": 3, "renal": 1, "endocrinology": 2}.items():
         for d in range(docs):
             for c in range(4):
-                chunks.append({"chunk_id": f"{area}-{d}.md#{c}", "document": f"{area}-{d}.md", "text": "word " * 50, "sha256": f"{area}{d}{c}"})
+                chunks.append(
+                    {
+                        "chunk_id": f"{area}-{d}.md#{c}",
+                        "document": f"{area}-{d}.md",
+                        "text": "word " * 50,
+                        "sha256": f"{area}{d}{c}",
+                    }
+                )
     chunks.append({"chunk_id": "renal-0.md#9", "document": "renal-0.md", "text": "too short", "sha256": "x"})
     picked = sample_passages(chunks, 6, ["cardiology", "renal", "endocrinology"], seed=1)
     assert len(picked) == 6 and len({p["chunk_id"] for p in picked}) == 6
@@ -84,7 +104,9 @@ def test_synthesis_rows_carry_provenance_and_keep_raw_failures(tmp_path):
     ingest(pack.corpus_dir(), tmp_path / "idx", IndexSettings(chunk_size=128, chunk_overlap=16))
     chunks = read_jsonl(tmp_path / "idx" / "chunks.jsonl")
     passages = sample_passages(chunks, 2, ["cardiology"], seed=0)
-    gen = CannedGenerator(["1. Explain how the heart moves blood to the lungs.\n2. Define atria.", "no list here\nat all"])
+    gen = CannedGenerator(
+        ["1. Explain how the heart moves blood to the lungs.\n2. Define atria.", "no list here\nat all"]
+    )
     kept, rejected = synthesize(pack, passages, gen, SynthesisPlan("canned-gen", per_passage=2))
     assert [k["instruction"] for k in kept] == ["Explain how the heart moves blood to the lungs."]
     prov = kept[0]["provenance"]
@@ -102,11 +124,22 @@ def test_journaled_replies_are_not_asked_again(tmp_path):
     from sdk.store import Journal
 
     pack = load_pack_dir(TINY_PACKS / "tiny")
-    passages = [{"chunk_id": f"d{i}.md#0", "document": f"d{i}.md", "text": PASSAGE, "sha256": str(i) * 64, "subarea": "general"} for i in range(3)]
-    first = CannedGenerator(["1. Explain why antibiotics cannot cure a cold.", "1. Compare bacteria and viruses by how they replicate."])
+    passages = [
+        {"chunk_id": f"d{i}.md#0", "document": f"d{i}.md", "text": PASSAGE, "sha256": str(i) * 64, "subarea": "general"}
+        for i in range(3)
+    ]
+    first = CannedGenerator(
+        ["1. Explain why antibiotics cannot cure a cold.", "1. Compare bacteria and viruses by how they replicate."]
+    )
     journal = Journal(tmp_path / "synthesis.partial.jsonl")
     synthesize(pack, passages[:2], first, SynthesisPlan("g", per_passage=1), journal=journal)
     second = CannedGenerator(["1. Describe how a virus enters a host cell."])
-    kept, _ = synthesize(pack, passages, second, SynthesisPlan("g", per_passage=1), journal=Journal(tmp_path / "synthesis.partial.jsonl"))
+    kept, _ = synthesize(
+        pack, passages, second, SynthesisPlan("g", per_passage=1), journal=Journal(tmp_path / "synthesis.partial.jsonl")
+    )
     assert second.replies == []  # asked once, for the one new passage
-    assert [k["instruction"] for k in kept] == ["Explain why antibiotics cannot cure a cold.", "Compare bacteria and viruses by how they replicate.", "Describe how a virus enters a host cell."]
+    assert [k["instruction"] for k in kept] == [
+        "Explain why antibiotics cannot cure a cold.",
+        "Compare bacteria and viruses by how they replicate.",
+        "Describe how a virus enters a host cell.",
+    ]

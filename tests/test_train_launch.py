@@ -6,9 +6,8 @@ import math
 import pytest
 
 from sdk.config import load_recipe
-from sdk.train import common
+from sdk.train import common, runner
 from sdk.train.launch import launch_command
-from sdk.train import runner
 from sdk.train.runner import train_student
 from tests.train_helpers import SYSTEM, tiny_model_dir, tiny_recipe, write_iteration
 
@@ -16,9 +15,18 @@ from tests.train_helpers import SYSTEM, tiny_model_dir, tiny_recipe, write_itera
 def test_two_process_zero3_stage_on_cpu(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    student, teacher = tiny_model_dir(tmp_path / "student", seed=0), tiny_model_dir(tmp_path / "teacher", layers=3, seed=1)
+    student, teacher = (
+        tiny_model_dir(tmp_path / "student", seed=0),
+        tiny_model_dir(tmp_path / "teacher", layers=3, seed=1),
+    )
     it = write_iteration(tmp_path / "iter_00")
-    recipe = tiny_recipe(student, teacher, stages=["sft", "kd"], kd={"lmbda": 0.0}, launcher={"kind": "accelerate", "config": "zero3.yaml", "num_processes": 2})
+    recipe = tiny_recipe(
+        student,
+        teacher,
+        stages=["sft", "kd"],
+        kd={"lmbda": 0.0},
+        launcher={"kind": "accelerate", "config": "zero3.yaml", "num_processes": 2},
+    )
 
     def no_student_here(*args, **kwargs):
         raise AssertionError("the parent process loaded the student during a launched stage")
@@ -33,7 +41,10 @@ def test_two_process_zero3_stage_on_cpu(tmp_path, monkeypatch):
         assert m["steps"] == 3 and all(math.isfinite(h["loss"]) for h in m["loss_history"])
     assert json.loads((it / "train_metrics.json").read_text())["stages"].keys() == {"sft", "kd"}
     # ZeRO-3 gathered the sharded weights for the save: the student is whole, trained and finite
-    trained, initial = AutoModelForCausalLM.from_pretrained(tmp_path / "out"), AutoModelForCausalLM.from_pretrained(student)
+    trained, initial = (
+        AutoModelForCausalLM.from_pretrained(tmp_path / "out"),
+        AutoModelForCausalLM.from_pretrained(student),
+    )
     t, i = trained.state_dict(), initial.state_dict()
     assert t.keys() == i.keys() and all(t[k].shape == i[k].shape for k in t)
     change = max((t[k] - i[k]).abs().max().item() for k in t)
@@ -41,7 +52,10 @@ def test_two_process_zero3_stage_on_cpu(tmp_path, monkeypatch):
 
 
 def test_launch_commands(tmp_path):
-    recipe = load_recipe("smoke", overrides=["train.launcher.kind=deepspeed", "train.launcher.num_processes=8", "train.deepspeed=zero3-offload"])
+    recipe = load_recipe(
+        "smoke",
+        overrides=["train.launcher.kind=deepspeed", "train.launcher.num_processes=8", "train.deepspeed=zero3-offload"],
+    )
     cmd = launch_command(recipe, tmp_path)
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "8"]
     assert cmd[-4:] == ["-m", "sdk.train.worker", "--iter-dir", str(tmp_path.resolve())]
@@ -49,7 +63,14 @@ def test_launch_commands(tmp_path):
 
     import yaml
 
-    recipe = load_recipe("smoke", overrides=["train.launcher.kind=accelerate", "train.launcher.config=multinode-zero3.yaml", "train.launcher.num_processes=8"])
+    recipe = load_recipe(
+        "smoke",
+        overrides=[
+            "train.launcher.kind=accelerate",
+            "train.launcher.config=multinode-zero3.yaml",
+            "train.launcher.num_processes=8",
+        ],
+    )
     cmd = launch_command(recipe, tmp_path)
     written = yaml.safe_load((tmp_path / "accelerate_config.yaml").read_text())
     assert cmd[cmd.index("--config_file") + 1] == str(tmp_path / "accelerate_config.yaml")
@@ -70,11 +91,28 @@ def test_heal_runs_as_a_launched_two_process_zero3_job(tmp_path, monkeypatch):
 
     monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
     path = tiny_model_dir(tmp_path / "teacher", layers=6, seed=1)
-    teacher = LocalChatModel(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), "tiny teacher", GenerationSettings(max_new_tokens=4))
+    teacher = LocalChatModel(
+        AutoModelForCausalLM.from_pretrained(path),
+        AutoTokenizer.from_pretrained(path),
+        "tiny teacher",
+        GenerationSettings(max_new_tokens=4),
+    )
     hf = ModelSpec(provider="hf", name_or_path=str(path))
-    models = ModelsSettings(teacher=hf, referee=hf, generator=hf, student=ModelSpec(provider="pruned", base="teacher", num_layers=4, calibration_chunks=4, calibration_tokens=32))
-    texts = ["Hypertension is persistently raised blood pressure.", "Sepsis is organ dysfunction caused by infection.", "Asthma narrows the airways.", "Insulin lowers blood glucose."]
-    inputs = student_stage.StudentInputs(texts, texts[:1], [teacher.render([{"role": "user", "content": "What is sepsis?"}])], ["An infection response."])
+    models = ModelsSettings(
+        teacher=hf,
+        referee=hf,
+        generator=hf,
+        student=ModelSpec(provider="pruned", base="teacher", num_layers=4, calibration_chunks=4, calibration_tokens=32),
+    )
+    texts = [
+        "Hypertension is persistently raised blood pressure.",
+        "Sepsis is organ dysfunction caused by infection.",
+        "Asthma narrows the airways.",
+        "Insulin lowers blood glucose.",
+    ]
+    inputs = student_stage.StudentInputs(
+        texts, texts[:1], [teacher.render([{"role": "user", "content": "What is sepsis?"}])], ["An infection response."]
+    )
     train = TrainSettings(launcher={"kind": "accelerate", "config": "zero3.yaml", "num_processes": 2})
 
     def not_here(*args, **kwargs):
@@ -84,8 +122,14 @@ def test_heal_runs_as_a_launched_two_process_zero3_job(tmp_path, monkeypatch):
     heal = HealSettings(steps=3, batch_size=2, max_length=32, general_fraction=0.0, warmup_ratio=0.0)
     record = student_stage.build(student_stage.StudentSettings(models, heal, 0, train), inputs, teacher, "tiny teacher")
 
-    assert record["heal"]["processes"] == 2 and record["heal"]["deepspeed"] and record["heal"]["steps"] == 3, record["heal"]
+    assert record["heal"]["processes"] == 2 and record["heal"]["deepspeed"] and record["heal"]["steps"] == 3, record[
+        "heal"
+    ]
     assert all(math.isfinite(h["loss"]) for h in record["heal"]["loss_history"])
     healed = AutoModelForCausalLM.from_pretrained(record["path"])  # ZeRO-3 gathered the shards: whole and pruned
     assert healed.config.num_hidden_layers == 4 and all(bool(p.isfinite().all()) for p in healed.parameters())
-    assert record["after_heal"]["kl_per_token"] is not None and json.loads((tmp_path / "cache" / "students" / record["key"] / "prune.json").read_text())["kept"] == record["prune"]["kept"]
+    assert (
+        record["after_heal"]["kl_per_token"] is not None
+        and json.loads((tmp_path / "cache" / "students" / record["key"] / "prune.json").read_text())["kept"]
+        == record["prune"]["kept"]
+    )

@@ -21,8 +21,19 @@ def tiny(tmp_path_factory):
 
 
 def good_pairs():
-    pairs = [{"id": f"p{i}", "prompt": q, "chosen": a, "rejected": "I do not know.", "mode": "teacher_over_student"} for i, (q, a) in enumerate(ROWS)]
-    return pairs + [{"id": "same", "prompt": "Define fever.", "chosen": "A  high\ntemperature.", "rejected": "A high temperature. ", "mode": "teacher_over_student"}]
+    pairs = [
+        {"id": f"p{i}", "prompt": q, "chosen": a, "rejected": "I do not know.", "mode": "teacher_over_student"}
+        for i, (q, a) in enumerate(ROWS)
+    ]
+    return pairs + [
+        {
+            "id": "same",
+            "prompt": "Define fever.",
+            "chosen": "A  high\ntemperature.",
+            "rejected": "A high temperature. ",
+            "mode": "teacher_over_student",
+        }
+    ]
 
 
 def load(path):
@@ -42,7 +53,9 @@ def max_weight_change(a, b) -> float:
 def test_stages_settings_and_errors_name_the_key():
     recipe = load_recipe("smoke")
     assert recipe.train.stages == ["sft"] and recipe.train.kd.beta == 0.5 and recipe.train.launcher.kind == "local"
-    recipe = load_recipe("smoke", overrides=["train.stages=[sft, kd]", "train.kd.beta=1", "train.dpo.mode=referee_ranked"])
+    recipe = load_recipe(
+        "smoke", overrides=["train.stages=[sft, kd]", "train.kd.beta=1", "train.dpo.mode=referee_ranked"]
+    )
     assert recipe.train.stages == ["sft", "kd"] and recipe.train.kd.beta == 1.0
     for override, key in [
         ("train.stages=[sft, distill]", "train.stages.1"),
@@ -84,8 +97,26 @@ def test_all_stages_train_and_write_artifacts(tiny, tmp_path):
     student, teacher = tiny
     it = write_iteration(tmp_path / "iter_00", good_pairs(), failed=2)
     with open(it / "teacher.jsonl", "a") as f:  # a replay row, as the pipeline adds them
-        f.write(json.dumps({"id": "replay-1", "instruction": "What is 2 + 2?", "answer": "4.", "status": "ok", "source": "replay", "provenance": {}}) + "\n")
-    recipe = tiny_recipe(student, teacher, stages=["sft", "kd", "dpo", "rlaif"], kd={"max_new_tokens": 8, "lmbda": 0.5}, rlaif={"num_generations": 2, "max_new_tokens": 8})
+        f.write(
+            json.dumps(
+                {
+                    "id": "replay-1",
+                    "instruction": "What is 2 + 2?",
+                    "answer": "4.",
+                    "status": "ok",
+                    "source": "replay",
+                    "provenance": {},
+                }
+            )
+            + "\n"
+        )
+    recipe = tiny_recipe(
+        student,
+        teacher,
+        stages=["sft", "kd", "dpo", "rlaif"],
+        kd={"max_new_tokens": 8, "lmbda": 0.5},
+        rlaif={"num_generations": 2, "max_new_tokens": 8},
+    )
     calls = []
 
     def verifier(instruction, answer):
@@ -150,7 +181,7 @@ def test_generalized_jsd_endpoints_are_the_two_kls_and_temperature_reaches_the_l
 
 
 def test_finished_stage_is_not_rerun_and_a_killed_stage_resumes(tiny, tmp_path):
-    from sdk.train.common import load_stage_model
+    from sdk.train.common import StageContext, load_stage_model
     from sdk.train.sft import sft_trainer
 
     student, teacher = tiny
@@ -159,7 +190,10 @@ def test_finished_stage_is_not_rerun_and_a_killed_stage_resumes(tiny, tmp_path):
     # a first session trained 2 of the steps and was killed: checkpoint-2 is on disk
     model, tok = load_stage_model(recipe, None, None)
     killed = tiny_recipe(student, teacher, stages=["sft"], max_steps=2, save_steps=2)
-    sft_trainer(model, tok, [r for r in map(json.loads, (it / "teacher.jsonl").read_text().splitlines()) if r["status"] == "ok"], SYSTEM, killed.train, it / "checkpoints" / "sft").train()
+    rows = [r for r in map(json.loads, (it / "teacher.jsonl").read_text().splitlines()) if r["status"] == "ok"]
+    sft_trainer(
+        model, tok, StageContext(recipe=killed, iter_dir=it, init=None, system_prompt=SYSTEM, rows=rows)
+    ).train()
     first = train_student(recipe, it, None, tmp_path / "student", SYSTEM)["stages"]["sft"]
     assert first["resumed_from_checkpoint"].endswith("checkpoint-2") and first["steps"] == 4
     assert [h["step"] for h in first["loss_history"]][-1] == 4
@@ -173,7 +207,14 @@ def test_lora_student_loads_with_peft_and_merged(tiny, tmp_path):
 
     student, teacher = tiny
     it = write_iteration(tmp_path / "iter_00")
-    recipe = tiny_recipe(student, teacher, stages=["sft", "kd"], max_steps=2, kd={"lmbda": 0.0}, lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    recipe = tiny_recipe(
+        student,
+        teacher,
+        stages=["sft", "kd"],
+        max_steps=2,
+        kd={"lmbda": 0.0},
+        lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+    )
     train_student(recipe, it, None, tmp_path / "student", SYSTEM)
     out = tmp_path / "student"
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "base" / "config.json").is_file()
@@ -184,11 +225,15 @@ def test_lora_student_loads_with_peft_and_merged(tiny, tmp_path):
         assert torch.allclose(merged(x).logits, peft_model(x).logits, atol=1e-4)
         assert not torch.allclose(load(student)(x).logits, merged(x).logits, atol=1e-6)  # the adapter changed something
     # merge: false keeps the adapter at the top level; transformers' peft integration still loads it
-    train = recipe.train.model_copy(update={"stages": ["sft"], "max_steps": 1, "lora": recipe.train.lora.model_copy(update={"merge": False})})
+    train = recipe.train.model_copy(
+        update={"stages": ["sft"], "max_steps": 1, "lora": recipe.train.lora.model_copy(update={"merge": False})}
+    )
     recipe = recipe.model_copy(update={"train": train})
     it2 = write_iteration(tmp_path / "iter_01")
     train_student(recipe, it2, None, tmp_path / "student2", SYSTEM)
-    assert (tmp_path / "student2" / "adapter_config.json").is_file() and not (tmp_path / "student2" / "model.safetensors").exists()
+    assert (tmp_path / "student2" / "adapter_config.json").is_file() and not (
+        tmp_path / "student2" / "model.safetensors"
+    ).exists()
     assert load(tmp_path / "student2") is not None
 
 
@@ -201,7 +246,9 @@ def test_kd_with_a_different_tokenizer_fails_fast(tiny, tmp_path):
     from sdk.knowledge.embeddings import embedded_embedder_dir
 
     student, _ = tiny
-    other = tiny_model_dir(tmp_path / "bert_teacher", tokenizer=AutoTokenizer.from_pretrained(str(embedded_embedder_dir())))
+    other = tiny_model_dir(
+        tmp_path / "bert_teacher", tokenizer=AutoTokenizer.from_pretrained(str(embedded_embedder_dir()))
+    )
     it = write_iteration(tmp_path / "iter_00")
     recipe = tiny_recipe(student, other, stages=["sft", "kd"])
     start = time.perf_counter()
@@ -217,7 +264,9 @@ def test_kd_with_a_different_tokenizer_fails_fast(tiny, tmp_path):
 def test_endpoint_teacher_is_refused_for_white_box_stages(tiny, tmp_path, stage):
     student, teacher = tiny
     recipe = tiny_recipe(student, teacher, stages=["sft", stage])
-    models = recipe.models.model_copy(update={"teacher": ModelSpec(provider="openai", base_url="http://localhost:1/v1", model="m")})
+    models = recipe.models.model_copy(
+        update={"teacher": ModelSpec(provider="openai", base_url="http://localhost:1/v1", model="m")}
+    )
     recipe = recipe.model_copy(update={"models": models})
     with pytest.raises(DistilleryError, match=f"'{stage}'.*openai"):
         train_student(recipe, write_iteration(tmp_path / "iter_00"), None, tmp_path / "student", SYSTEM)
@@ -237,6 +286,8 @@ def test_plain_dpo_starts_at_ln2_and_rpo_adds_the_chosen_nll(tiny, tmp_path):
     for alpha in (0.0, 1.0):
         it = write_iteration(tmp_path / f"iter-{alpha}", good_pairs(), failed=0)
         recipe = tiny_recipe(student, teacher, stages=["dpo"], dpo={"rpo_alpha": alpha})
-        losses[alpha] = train_student(recipe, it, None, tmp_path / f"student-{alpha}", SYSTEM)["stages"]["dpo"]["first_logged_loss"]
+        losses[alpha] = train_student(recipe, it, None, tmp_path / f"student-{alpha}", SYSTEM)["stages"]["dpo"][
+            "first_logged_loss"
+        ]
     assert losses[0.0] == pytest.approx(math.log(2), abs=1e-3)  # policy == reference at step 1
     assert losses[1.0] - losses[0.0] > 8  # + the NLL of the chosen answers under a random tiny model

@@ -28,9 +28,17 @@ def tiny_model_dir(path: Path, layers: int = 2, hidden: int = 32, seed: int = 0,
 
     tok = tokenizer or AutoTokenizer.from_pretrained(str(embedded_model_dir()))
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(path)
@@ -39,17 +47,33 @@ def tiny_model_dir(path: Path, layers: int = 2, hidden: int = 32, seed: int = 0,
 
 
 def tiny_recipe(student_dir: Path, teacher_dir: Path, **train) -> Recipe:
-    base = dict(max_steps=3, batch_size=2, save_steps=2, logging_steps=1, max_seq_length=128, learning_rate=1e-3, warmup_ratio=0.0)
+    base = dict(
+        max_steps=3,
+        batch_size=2,
+        save_steps=2,
+        logging_steps=1,
+        max_seq_length=128,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+    )
     base.update(train)
     spec = lambda p: ModelSpec(provider="hf", name_or_path=str(p))  # noqa: E731
-    models = ModelsSettings(teacher=spec(teacher_dir), student=spec(student_dir), referee=spec(teacher_dir), generator=spec(teacher_dir))
+    models = ModelsSettings(
+        teacher=spec(teacher_dir), student=spec(student_dir), referee=spec(teacher_dir), generator=spec(teacher_dir)
+    )
     return Recipe(models=models, train=TrainSettings.model_validate(base))
 
 
 def write_iteration(iter_dir: Path, pairs: list[dict] | None = None, failed: int = 1) -> Path:
     iter_dir.mkdir(parents=True, exist_ok=True)
-    rows = [{"id": f"t{i}", "instruction": q, "answer": a, "status": "ok", "source": "seed", "provenance": {}} for i, (q, a) in enumerate(ROWS)]
-    rows += [{"id": f"f{i}", "instruction": "broken", "answer": None, "status": "failed", "source": "seed", "provenance": {}} for i in range(failed)]
+    rows = [
+        {"id": f"t{i}", "instruction": q, "answer": a, "status": "ok", "source": "seed", "provenance": {}}
+        for i, (q, a) in enumerate(ROWS)
+    ]
+    rows += [
+        {"id": f"f{i}", "instruction": "broken", "answer": None, "status": "failed", "source": "seed", "provenance": {}}
+        for i in range(failed)
+    ]
     (iter_dir / "teacher.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if pairs is not None:
         (iter_dir / "dpo_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))

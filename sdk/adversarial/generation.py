@@ -22,18 +22,24 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
-from sdk.rows import journaled_reply, provenance
 from sdk.curation.synthesis import parse_instructions, quality_problem, split_task_label
+from sdk.rows import journaled_reply, provenance
 
 SIDES = ("hard", "easy")
-_PREAMBLE = re.compile(r"^(here('s| is| are)|sure|certainly|okay|ok|new (instruction|task|question)|instruction|task)\b.*:\s*$", re.I)
+_PREAMBLE = re.compile(
+    r"^(here('s| is| are)|sure|certainly|okay|ok|new (instruction|task|question)|instruction|task)\b.*:\s*$", re.I
+)
 # A small generator often talks about the task instead of writing one.
-_META = re.compile(r"^(sure|certainly|okay|of course)\b|\b(this|above|given|previous|original|new) (example|instruction)s?\b|\bthe example\b(?! of)|\b(easy|hard|difficult|harder) example\b|\bthe student model\b|\bas an ai\b", re.I)
+_META = re.compile(
+    r"^(sure|certainly|okay|of course)\b|\b(this|above|given|previous|original|new) (example|instruction)s?\b|\bthe example\b(?! of)|\b(easy|hard|difficult|harder) example\b|\bthe student model\b|\bas an ai\b",
+    re.I,
+)
 _LABEL = re.compile(r"^\**(new\s+)?(instruction|question|task)\**\s*:\s*", re.I)
 
 
@@ -94,7 +100,9 @@ def side_targets(n_new: int, hard_share: float, have_hard: bool, have_easy: bool
     return targets
 
 
-def parent_pools(feedback: str, hard: list[dict], easy: list[dict], cache_pool: list[dict]) -> tuple[list[dict], list[dict]]:
+def parent_pools(
+    feedback: str, hard: list[dict], easy: list[dict], cache_pool: list[dict]
+) -> tuple[list[dict], list[dict]]:
     """The parents of the `generate_hard` and of the `generate_easy` prompt.
 
     "referee" (Lion): the referee's hard and easy instructions. "none" (the ablation baseline): both prompts
@@ -116,7 +124,9 @@ def balanced_counts(kept_hard: int, kept_easy: int, hard_share: float) -> tuple[
     return 0, 0
 
 
-def generate_instructions(pack, generator, pools: Parents, plan: GenerationPlan, journal=None, budget=None) -> GenerationOutcome:
+def generate_instructions(
+    pack, generator, pools: Parents, plan: GenerationPlan, journal=None, budget=None
+) -> GenerationOutcome:
     """Make up to plan.n_new new instructions; returns kept rows, rejected rows (with reasons) and counts."""
     from sdk.curation.diversity import DiversityFilter
     from sdk.store import Journal
@@ -124,11 +134,18 @@ def generate_instructions(pack, generator, pools: Parents, plan: GenerationPlan,
     journal = journal if journal is not None else Journal.in_memory()
     parents = {"hard": pools.hard, "easy": pools.easy}
     targets = side_targets(plan.n_new, plan.hard_share, bool(pools.hard), bool(pools.easy))
-    versions = {side: hashlib.sha256(pack.prompt_path(f"generate_{side}").read_bytes()).hexdigest()[:12] for side in SIDES}
+    versions = {
+        side: hashlib.sha256(pack.prompt_path(f"generate_{side}").read_bytes()).hexdigest()[:12] for side in SIDES
+    }
     judge = _Judge(
-        plan, DiversityFilter([r["instruction"] for r in pools.cache_pool], plan.rouge_threshold, plan.cosine_threshold, plan.embedder),
-        DomainCheck(plan.domain_references, plan.min_domain_similarity, plan.embedder), [r["id"] for r in pools.cache_pool], versions,
-    )  # fmt: skip
+        plan,
+        DiversityFilter(
+            [r["instruction"] for r in pools.cache_pool], plan.rouge_threshold, plan.cosine_threshold, plan.embedder
+        ),
+        DomainCheck(plan.domain_references, plan.min_domain_similarity, plan.embedder),
+        [r["id"] for r in pools.cache_pool],
+        versions,
+    )
 
     out = GenerationOutcome()
     kept = {side: [] for side in SIDES}
@@ -151,11 +168,31 @@ def generate_instructions(pack, generator, pools: Parents, plan: GenerationPlan,
             specs.append((f"gen-{plan.iteration:02d}-{j:04d}", side, parent))
         attempts += len(specs)
 
-        convs = [[{"role": "user", "content": pack.render(f"generate_{side}", instruction=parent["instruction"], task_type=parent.get("task_type"), subarea=parent.get("subarea"))}] for _, side, parent in specs]
+        convs = [
+            [
+                {
+                    "role": "user",
+                    "content": pack.render(
+                        f"generate_{side}",
+                        instruction=parent["instruction"],
+                        task_type=parent.get("task_type"),
+                        subarea=parent.get("subarea"),
+                    ),
+                }
+            ]
+            for _, side, parent in specs
+        ]
         keys = [key for key, _, _ in specs]
 
         # A budget that runs out raises here; the journal keeps every reply, so a resume replays them.
-        generator.generate_journaled(keys, convs, journal, journaled_reply(keys), f"generating instructions (iteration {plan.iteration})", budget=budget)
+        generator.generate_journaled(
+            keys,
+            convs,
+            journal,
+            journaled_reply(keys),
+            f"generating instructions (iteration {plan.iteration})",
+            budget=budget,
+        )
         for key, side, parent in specs:
             judge.decide(journal.done[key], side, parent, kept, out)
 
@@ -164,7 +201,9 @@ def generate_instructions(pack, generator, pools: Parents, plan: GenerationPlan,
         n_hard, n_easy = balanced_counts(len(kept["hard"]), len(kept["easy"]), plan.hard_share)
         for side, n in (("hard", n_hard), ("easy", n_easy)):
             for row in kept[side][n:]:
-                out.rejected.append(dict(row, reason="balance", detail=f"hard/easy kept in the ratio {plan.hard_share:g}"))
+                out.rejected.append(
+                    dict(row, reason="balance", detail=f"hard/easy kept in the ratio {plan.hard_share:g}")
+                )
             kept[side] = kept[side][:n]
     out.kept = sorted(kept["hard"] + kept["easy"], key=lambda r: r["id"])
     out.stats = generation_stats(out, attempts, targets, plan)
@@ -177,12 +216,19 @@ class _Judge:
 
     plan: GenerationPlan
     filt: object  # DiversityFilter
-    domain: "DomainCheck"
+    domain: DomainCheck
     pool_ids: list[str]
     versions: dict[str, str]  # prompt version per side
 
     def decide(self, reply: dict, side: str, parent: dict, kept: dict, out: GenerationOutcome) -> None:
-        plan, filt, domain, pool_ids, version, generator_name = self.plan, self.filt, self.domain, self.pool_ids, self.versions[side], self.plan.generator_name
+        plan, filt, domain, pool_ids, version, generator_name = (
+            self.plan,
+            self.filt,
+            self.domain,
+            self.pool_ids,
+            self.versions[side],
+            self.plan.generator_name,
+        )
         prov = provenance(
             "generate",
             model=generator_name,
@@ -192,25 +238,46 @@ class _Judge:
             iteration=plan.iteration,
             prompt_version=version,
         )
-        row = {"id": reply["id"], "instruction": None, "source": side, "parent_id": parent["id"], "subarea": parent.get("subarea"), "task_type": None, "provenance": prov}
+        row = {
+            "id": reply["id"],
+            "instruction": None,
+            "source": side,
+            "parent_id": parent["id"],
+            "subarea": parent.get("subarea"),
+            "task_type": None,
+            "provenance": prov,
+        }
         if reply["error"]:
             out.rejected.append(dict(row, reason="failed", detail=reply["error"], raw=None))
             return
         task_type, text = split_task_label(extract_instruction(reply["reply"]))
-        row.update(instruction=text or None, task_type=task_type or (parent.get("task_type") if side == "hard" else None))
+        row.update(
+            instruction=text or None, task_type=task_type or (parent.get("task_type") if side == "hard" else None)
+        )
         if side == "easy":
             row["subarea"] = None  # a different, long-tail topic: the parent's sub-area no longer applies
         if not text:
-            out.rejected.append(dict(row, reason="unparseable", detail="no instruction in the reply", raw=reply["reply"]))
+            out.rejected.append(
+                dict(row, reason="unparseable", detail="no instruction in the reply", raw=reply["reply"])
+            )
             return
-        problem = quality_problem(text, "", plan.min_words, plan.max_words) or ("talks about the task instead of stating one" if _META.search(text) else None)
+        problem = quality_problem(text, "", plan.min_words, plan.max_words) or (
+            "talks about the task instead of stating one" if _META.search(text) else None
+        )
         if problem:
             out.rejected.append(dict(row, reason="quality", detail=problem, raw=reply["reply"]))
             return
         vector = domain.vector(text)
         similarity = domain.similarity(vector)
         if similarity is not None and similarity < domain.threshold:
-            out.rejected.append(dict(row, reason="off_domain", detail=f"cosine {similarity:.3f} to the nearest seed, below {domain.threshold:g}", raw=reply["reply"]))
+            out.rejected.append(
+                dict(
+                    row,
+                    reason="off_domain",
+                    detail=f"cosine {similarity:.3f} to the nearest seed, below {domain.threshold:g}",
+                    raw=reply["reply"],
+                )
+            )
             return
         decision = filt.check(text, vector=vector, label=row["id"])
         if not decision.kept:
@@ -218,7 +285,9 @@ class _Judge:
             if match.startswith("pool:"):
                 match = pool_ids[int(match.split(":", 1)[1])]
             score = decision.max_cosine if decision.reason == "cosine" else decision.max_rouge
-            out.rejected.append(dict(row, reason=decision.reason, detail=f"{decision.reason} {score:.3f} to {match}", similar_to=match))
+            out.rejected.append(
+                dict(row, reason=decision.reason, detail=f"{decision.reason} {score:.3f} to {match}", similar_to=match)
+            )
             return
         kept[side].append(dict(row, max_rouge_vs_pool=round(decision.max_rouge, 4)))
 

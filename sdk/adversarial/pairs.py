@@ -18,7 +18,15 @@ from sdk.adversarial.referee import Pair
 def teacher_over_student(rows: list[dict], mode: str = "teacher_over_student") -> list[dict]:
     """rows carry instruction, teacher_answer and student_answer (e.g. referee.jsonl rows)."""
     return [
-        {"id": r["id"], "instruction": r["instruction"], "prompt": r["instruction"], "chosen": r["teacher_answer"], "rejected": r["student_answer"], "mode": mode, "provenance": r.get("provenance", {})}
+        {
+            "id": r["id"],
+            "instruction": r["instruction"],
+            "prompt": r["instruction"],
+            "chosen": r["teacher_answer"],
+            "rejected": r["student_answer"],
+            "mode": mode,
+            "provenance": r.get("provenance", {}),
+        }
         for r in rows
         if r.get("teacher_answer") and r.get("student_answer") is not None
     ]
@@ -41,6 +49,17 @@ def referee_ranked(rows: list[dict], samples: dict[str, list[str]], referee) -> 
         scored = sorted(by_row.get(row["id"], []), key=lambda x: x[0])
         if len(scored) >= 2:
             (worst_score, worst), (best_score, best) = scored[0], scored[-1]
-            out.append({"id": row["id"], "instruction": row["instruction"], "prompt": row["instruction"], "chosen": best, "rejected": worst, "mode": "referee_ranked",
-                        "chosen_score": best_score, "rejected_score": worst_score, "provenance": row.get("provenance", {})})  # fmt: skip
+            out.append(
+                {
+                    "id": row["id"],
+                    "instruction": row["instruction"],
+                    "prompt": row["instruction"],
+                    "chosen": best,
+                    "rejected": worst,
+                    "mode": "referee_ranked",
+                    "chosen_score": best_score,
+                    "rejected_score": worst_score,
+                    "provenance": row.get("provenance", {}),
+                }
+            )
     return out

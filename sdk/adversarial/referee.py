@@ -35,13 +35,14 @@ every row. The rubric (criteria and weights) is written into every row as well.
 
 from __future__ import annotations
 
-from sdk.rows import journaled_reply
-
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
+
+from sdk.rows import journaled_reply
 
 SCALE_MIN, SCALE_MAX = 1.0, 10.0
 ORDERS = ("ts", "st")  # ts: A = teacher, B = student; st: A = student, B = teacher
@@ -80,9 +81,15 @@ def likelihood_score(loglik: float | None, answer: str) -> float | None:
 # ---------------------------------------------------------------------------------------------
 # parsing LLM verdicts
 
+
 def _labelled(letter: str) -> re.Pattern:
     """'Score A: 7', 'score_a = 7', 'Answer A score: 7/10', '**A**: 7'."""
-    return re.compile(r"(?:score[\s_]*(?:for[\s_]*)?(?:answer[\s_]*)?|answer[\s_]*)?(?<![a-z0-9])" + letter + r"(?![a-z0-9])(?:[\s_]*score)?\W{0,2}\s*[:=]\s*\**\s*(\d{1,2}(?:\.\d+)?)", re.I)
+    return re.compile(
+        r"(?:score[\s_]*(?:for[\s_]*)?(?:answer[\s_]*)?|answer[\s_]*)?(?<![a-z0-9])"
+        + letter
+        + r"(?![a-z0-9])(?:[\s_]*score)?\W{0,2}\s*[:=]\s*\**\s*(\d{1,2}(?:\.\d+)?)",
+        re.I,
+    )
 
 
 _SCORE_A, _SCORE_B = _labelled("a"), _labelled("b")
@@ -154,7 +161,10 @@ def rubric(pack) -> dict:
 
 
 def _findings(pack, pair: Pair) -> dict:
-    return {"teacher": pack.run_verifiers(pair.instruction, pair.teacher_answer), "student": pack.run_verifiers(pair.instruction, pair.student_answer)}
+    return {
+        "teacher": pack.run_verifiers(pair.instruction, pair.teacher_answer),
+        "student": pack.run_verifiers(pair.instruction, pair.student_answer),
+    }
 
 
 def _row(pair: Pair, kind: str, teacher_score, student_score, findings: dict, **extra) -> dict:
@@ -198,7 +208,16 @@ class LikelihoodReferee:
             # An empty student answer has no likelihood: it is the worst answer, so it scores the minimum.
             t_score = likelihood_score(t_ll, pair.teacher_answer)
             s_score = likelihood_score(s_ll, pair.student_answer) if pair.student_answer.strip() else SCALE_MIN
-            rows.append(_row(pair, self.kind, t_score, s_score, _findings(self.pack, pair), loglik={"teacher": t_ll, "student": s_ll}))
+            rows.append(
+                _row(
+                    pair,
+                    self.kind,
+                    t_score,
+                    s_score,
+                    _findings(self.pack, pair),
+                    loglik={"teacher": t_ll, "student": s_ll},
+                )
+            )
         return rows
 
 
@@ -224,7 +243,9 @@ class LLMReferee:
         return [{"role": "user", "content": text}]
 
     def _ask(self, keys: list[str], conversations: list[list[dict]], journal, description: str) -> None:
-        self.model.generate_journaled(keys, conversations, journal, journaled_reply(keys, "raw"), description, budget=self.budget)
+        self.model.generate_journaled(
+            keys, conversations, journal, journaled_reply(keys, "raw"), description, budget=self.budget
+        )
 
     def score(self, pairs: Sequence[Pair], journal=None, description: str = "LLM referee") -> list[dict]:
         from sdk.store import Journal
@@ -237,9 +258,15 @@ class LLMReferee:
         self._ask(keys, [prompts[k] for k in keys], journal, description)
 
         # One retry for each unreadable verdict, with the reply and a format reminder in the conversation.
-        unread = [k for k in keys if journal.done[k]["raw"] is not None and parse_verdict(journal.done[k]["raw"]) is None]
+        unread = [
+            k for k in keys if journal.done[k]["raw"] is not None and parse_verdict(journal.done[k]["raw"]) is None
+        ]
         retry_keys = [f"{k}:retry" for k in unread]
-        retry_convs = [prompts[k] + [{"role": "assistant", "content": journal.done[k]["raw"]}, {"role": "user", "content": FORMAT_REMINDER}] for k in unread]
+        retry_convs = [
+            prompts[k]
+            + [{"role": "assistant", "content": journal.done[k]["raw"]}, {"role": "user", "content": FORMAT_REMINDER}]
+            for k in unread
+        ]
         if retry_keys:
             self._ask(retry_keys, retry_convs, journal, f"{description} (format retry)")
 
@@ -252,7 +279,12 @@ class LLMReferee:
                 if f"{key}:retry" in journal.done:
                     reply = journal.done[f"{key}:retry"]
                 parsed = parse_verdict(reply["raw"])
-                verdict = {"order": "teacher=A" if order == "ts" else "teacher=B", "raw": reply["raw"], "error": reply["error"], "retried": f"{key}:retry" in journal.done}
+                verdict = {
+                    "order": "teacher=A" if order == "ts" else "teacher=B",
+                    "raw": reply["raw"],
+                    "error": reply["error"],
+                    "retried": f"{key}:retry" in journal.done,
+                }
                 if parsed:
                     a, b, reason = parsed
                     t, s = (a, b) if order == "ts" else (b, a)
@@ -263,7 +295,9 @@ class LLMReferee:
             complete = len(teacher_scores) == len(ORDERS)  # both orders read, or the pair is excluded
             t_score = sum(teacher_scores) / len(ORDERS) if complete else None
             s_score = sum(student_scores) / len(ORDERS) if complete else None
-            rows.append(_row(pair, self.kind, t_score, s_score, findings[pair.id], verdicts=verdicts, model=self.model_name))
+            rows.append(
+                _row(pair, self.kind, t_score, s_score, findings[pair.id], verdicts=verdicts, model=self.model_name)
+            )
         return rows
 
 
@@ -334,7 +368,11 @@ def agreement(primary: list[dict], secondary: list[dict]) -> Optional[dict]:
     if not both:
         return None
     same = sum(a["hard"] == b["hard"] for a, b in both)
-    return {"n": len(both), "split_agreement": round(same / len(both), 4), "gap_spearman": _spearman([a["gap"] for a, _ in both], [b["gap"] for _, b in both])}
+    return {
+        "n": len(both),
+        "split_agreement": round(same / len(both), 4),
+        "gap_spearman": _spearman([a["gap"] for a, _ in both], [b["gap"] for _, b in both]),
+    }
 
 
 def _ranks(values: list[float]) -> list[float]:

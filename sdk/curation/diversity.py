@@ -18,9 +18,10 @@ Speed, for pools of 10^4-10^5 instructions:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from rapidfuzz import process
@@ -92,7 +93,10 @@ class RougeIndex:
         self._labels.insert(pos, label)
 
     def extend(self, texts: Sequence[str], labels: Sequence[str]) -> None:
-        merged = sorted(list(zip(self._strings, self._labels)) + [(self.codec.encode(t), lab) for t, lab in zip(texts, labels)], key=lambda x: len(x[0]))
+        merged = sorted(
+            list(zip(self._strings, self._labels)) + [(self.codec.encode(t), lab) for t, lab in zip(texts, labels)],
+            key=lambda x: len(x[0]),
+        )
         self._strings = [s for s, _ in merged]
         self._labels = [lab for _, lab in merged]
         self._lengths = np.array([len(s) for s in self._strings], dtype=np.int64)
@@ -117,7 +121,13 @@ class RougeIndex:
             lo, hi = self._window(len(encoded[rows[0]]), len(encoded[rows[-1]]))
             if hi <= lo:
                 continue
-            lcs = process.cdist([encoded[i] for i in rows], self._strings[lo:hi], scorer=LCSseq.similarity, dtype=np.int32, workers=self.workers)
+            lcs = process.cdist(
+                [encoded[i] for i in rows],
+                self._strings[lo:hi],
+                scorer=LCSseq.similarity,
+                dtype=np.int32,
+                workers=self.workers,
+            )
             cand_len = np.array([len(encoded[i]) for i in rows], dtype=np.float64)[:, None]
             f = rouge_f(lcs, cand_len, self._lengths[lo:hi].astype(np.float64)[None, :])  # (rows, window)
             best = f.argmax(axis=1)
@@ -130,7 +140,14 @@ class RougeIndex:
 class DiversityFilter:
     """Streaming filter: `check(text)` decides one candidate and, if kept, adds it to the references."""
 
-    def __init__(self, pool: Sequence[str], rouge_threshold: float = 0.7, cosine_threshold: Optional[float] = 0.9, embedder=None, workers: int = -1):
+    def __init__(
+        self,
+        pool: Sequence[str],
+        rouge_threshold: float = 0.7,
+        cosine_threshold: Optional[float] = 0.9,
+        embedder=None,
+        workers: int = -1,
+    ):
         if not 0 < rouge_threshold <= 1:
             raise ValueError(f"rouge_threshold must be in (0, 1], got {rouge_threshold}")
         self.rouge = RougeIndex(threshold=rouge_threshold, workers=workers)
@@ -163,26 +180,39 @@ class DiversityFilter:
         if self.embedder is not None:
             import faiss
 
-            v = np.ascontiguousarray((vector if vector is not None else self.embedder([text])[0]).reshape(1, -1), dtype=np.float32)
+            v = np.ascontiguousarray(
+                (vector if vector is not None else self.embedder([text])[0]).reshape(1, -1), dtype=np.float32
+            )
             faiss.normalize_L2(v)
             if self._faiss is not None and self._faiss.ntotal:
                 sims, ids = self._faiss.search(v, 1)
                 cosine = float(sims[0, 0])
                 if cosine >= self.cosine_threshold:
-                    return Decision(False, "cosine", score, match=self._vector_labels[int(ids[0, 0])], max_cosine=cosine)
+                    return Decision(
+                        False, "cosine", score, match=self._vector_labels[int(ids[0, 0])], max_cosine=cosine
+                    )
             self._add_vectors(v, [label])
         self.rouge.add(text, label)
         self._kept += 1
         return Decision(True, None, score, match=match, max_cosine=cosine)
 
 
-def filter_candidates(pool: Sequence[str], candidates: Sequence[str], rouge_threshold: float = 0.7, cosine_threshold: Optional[float] = 0.9, embedder=None, workers: int = -1) -> list[Decision]:
+def filter_candidates(
+    pool: Sequence[str],
+    candidates: Sequence[str],
+    rouge_threshold: float = 0.7,
+    cosine_threshold: Optional[float] = 0.9,
+    embedder=None,
+    workers: int = -1,
+) -> list[Decision]:
     """Decide every candidate in order; a kept candidate joins the references for later ones.
 
     `embedder(texts) -> np.ndarray` enables the cosine test; without one only ROUGE-L is applied.
     """
     filt = DiversityFilter(pool, rouge_threshold, cosine_threshold, embedder, workers)
-    vectors = embedder(list(candidates)) if embedder is not None and cosine_threshold is not None and candidates else None
+    vectors = (
+        embedder(list(candidates)) if embedder is not None and cosine_threshold is not None and candidates else None
+    )
     # Scores against the fixed pool do not depend on earlier decisions: compute them in one batched pass,
     # then decide in order, checking each candidate only against the (few) candidates kept before it.
     pool_scores, pool_matches = filt.rouge.max_rouge_many(candidates)
@@ -220,7 +250,14 @@ def _read_instructions(path: Path) -> tuple[list[str], list[str]]:
     return lines, texts
 
 
-def filter_jsonl(pool_file, candidates_file, out_file, rejected_file=None, rouge_threshold: float = 0.7, cosine_threshold: Optional[float] = 0.9) -> dict:
+def filter_jsonl(
+    pool_file,
+    candidates_file,
+    out_file,
+    rejected_file=None,
+    rouge_threshold: float = 0.7,
+    cosine_threshold: Optional[float] = 0.9,
+) -> dict:
     """The `distill filter` command: kept candidate lines are written unchanged, in input order."""
     from sdk.store import atomic_write_text
 
@@ -240,7 +277,17 @@ def filter_jsonl(pool_file, candidates_file, out_file, rejected_file=None, rouge
         for line, d in zip(lines, decisions):
             if not d.kept:
                 row = json.loads(line)
-                row["rejected"] = {"reason": d.reason, "rouge_l": round(d.max_rouge, 4), "cosine": None if d.max_cosine is None else round(d.max_cosine, 4), "closest": d.match}
+                row["rejected"] = {
+                    "reason": d.reason,
+                    "rouge_l": round(d.max_rouge, 4),
+                    "cosine": None if d.max_cosine is None else round(d.max_cosine, 4),
+                    "closest": d.match,
+                }
                 rows.append(json.dumps(row, ensure_ascii=False) + "\n")
         atomic_write_text(Path(rejected_file), "".join(rows))
-    return {"candidates": len(candidates), "kept": sum(d.kept for d in decisions), "rouge": sum(d.reason == "rouge" for d in decisions), "cosine": sum(d.reason == "cosine" for d in decisions)}
+    return {
+        "candidates": len(candidates),
+        "kept": sum(d.kept for d in decisions),
+        "rouge": sum(d.reason == "rouge" for d in decisions),
+        "cosine": sum(d.reason == "cosine" for d in decisions),
+    }

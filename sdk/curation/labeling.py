@@ -7,6 +7,8 @@ A row the teacher could not answer (error after retries, or an empty reply) stay
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sdk.models.chat import answer_conversations, clean_answer
 from sdk.store import Journal
 
@@ -18,16 +20,34 @@ def teacher_prompt(row: dict, use_context: bool) -> str:
     return row["instruction"]
 
 
-def label_rows(rows: list[dict], teacher, teacher_name: str, system_prompt: str, journal: Journal, description: str = "teacher labels", use_context: bool = False, budget=None) -> list[dict]:
-    """Return rows (in input order) with `answer`, `status` and labeling provenance.
+@dataclass(frozen=True)
+class Teacher:
+    """The teacher as labeling sees it: the chat model, its name for provenance, the pack's system prompt,
+    and whether it sees each row's source passage (use_context: the student is later trained on the bare
+    instruction, so the grounding is distilled into it)."""
 
-    With use_context, rows that carry a `context` passage are answered with it (the student is later
-    trained on the bare instruction, so the grounding is distilled into it).
-    """
+    model: object  # a ChatBackend
+    name: str
+    system_prompt: str
+    use_context: bool = False
+
+
+def label_rows(
+    rows: list[dict], teacher: Teacher, journal: Journal, description: str = "teacher labels", budget=None
+) -> list[dict]:
+    """Return rows (in input order) with `answer`, `status` and labeling provenance."""
+    teacher_name, system_prompt, use_context = teacher.name, teacher.system_prompt, teacher.use_context
 
     def to_row(i: int, out) -> dict:
         row = rows[i]
-        labeled = dict(row, provenance=dict(row.get("provenance", {}), labeled_by=teacher_name, teacher_saw_passage=bool(use_context and row.get("context"))))
+        labeled = dict(
+            row,
+            provenance=dict(
+                row.get("provenance", {}),
+                labeled_by=teacher_name,
+                teacher_saw_passage=bool(use_context and row.get("context")),
+            ),
+        )
         answer = None if isinstance(out, BaseException) else clean_answer(out)
         if answer is None:
             labeled.update(answer=None, status="failed", error=f"{type(out).__name__}: {out}")
@@ -38,5 +58,7 @@ def label_rows(rows: list[dict], teacher, teacher_name: str, system_prompt: str,
         return labeled
 
     conversations = answer_conversations(system_prompt, [teacher_prompt(r, use_context) for r in rows])
-    teacher.generate_journaled([r["id"] for r in rows], conversations, journal, to_row, description, budget=budget)
+    teacher.model.generate_journaled(
+        [r["id"] for r in rows], conversations, journal, to_row, description, budget=budget
+    )
     return [journal.done[r["id"]] for r in rows]

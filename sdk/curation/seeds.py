@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import random
 
-from sdk.rows import provenance
-
 from sdk.packs import Pack
-
-
+from sdk.rows import provenance
 
 
 def seed_pool(pack: Pack, max_seeds: int | None = None, seed: int = 0) -> list[dict]:

@@ -24,7 +24,10 @@ from sdk.curation.diversity import TokenCodec
 from sdk.rows import journaled_reply, provenance
 
 _NUMBERED = re.compile(r"^\s*(?:#{1,6}\s*)?(?:\d{1,2}\s*[.):]|[-*•])\s+(.*\S)\s*$")  # '1. x', '2) x', '- x', '### 3. x'
-_REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i cannot|i can't|as an ai|as a language model|i'm unable|i am unable|cannot assist)\b", re.I)
+_REFUSAL = re.compile(
+    r"\b(i'?m sorry|i am sorry|i cannot|i can't|as an ai|as a language model|i'm unable|i am unable|cannot assist)\b",
+    re.I,
+)
 _MENTIONS_SOURCE = re.compile(r"\b(the|this|above|given|following) (passage|text|excerpt|document|paragraph)s?\b", re.I)
 MIN_PASSAGE_WORDS = 40
 
@@ -71,7 +74,10 @@ def parse_instructions(reply: str) -> list[str]:
         lines = [ln.strip() for ln in reply.splitlines() if ln.strip()]
         if len(lines) == 1:
             items = lines
-    return [re.sub(r"^(instruction|question|task)\s*\d*\s*:\s*", "", i, flags=re.I).strip().strip('"*').strip() for i in items]
+    return [
+        re.sub(r"^(instruction|question|task)\s*\d*\s*:\s*", "", i, flags=re.I).strip().strip('"*').strip()
+        for i in items
+    ]
 
 
 _TASK_LABEL = re.compile(r"^\**(explain|compare|calculate|draft|classify|advise)\**\s*[:\-–]\s*(.+)$", re.I)
@@ -130,7 +136,9 @@ class SynthesisPlan:
     max_words: int = 150
 
 
-def synthesize(pack, passages: list[dict], generator, plan: SynthesisPlan, journal=None, budget=None) -> tuple[list[dict], list[dict]]:
+def synthesize(
+    pack, passages: list[dict], generator, plan: SynthesisPlan, journal=None, budget=None
+) -> tuple[list[dict], list[dict]]:
     """Return (candidates, rejected). Candidates still need the diversity filter.
 
     With a `journal` (sdk.store.Journal), each generator reply is recorded as it arrives, so a resumed
@@ -143,23 +151,57 @@ def synthesize(pack, passages: list[dict], generator, plan: SynthesisPlan, journ
     ids = [f"syn-{hashlib.sha256(p['chunk_id'].encode()).hexdigest()[:10]}" for p in passages]  # chunk ids are unique
 
     per_passage = plan.per_passage
-    prompts = [[{"role": "user", "content": pack.render("synthesis", passage=p["text"], n=per_passage)}] for p in passages]
-    generator.generate_journaled(ids, prompts, journal, journaled_reply(ids), "synthesising instructions", budget=budget)
+    prompts = [
+        [{"role": "user", "content": pack.render("synthesis", passage=p["text"], n=per_passage)}] for p in passages
+    ]
+    generator.generate_journaled(
+        ids, prompts, journal, journaled_reply(ids), "synthesising instructions", budget=budget
+    )
 
     candidates, rejected = [], []
     for passage, base_id in zip(passages, ids):
-        prov = provenance("synthesis", model=plan.generator_name, document=passage["document"], chunk_id=passage["chunk_id"], passage_sha256=passage["sha256"], prompt_version=version)
+        prov = provenance(
+            "synthesis",
+            model=plan.generator_name,
+            document=passage["document"],
+            chunk_id=passage["chunk_id"],
+            passage_sha256=passage["sha256"],
+            prompt_version=version,
+        )
         reply = journal.done[base_id]
         if reply["error"]:
-            rejected.append({"id": base_id, "instruction": None, "reason": f"generator failed: {reply['error']}", "raw": None, "provenance": prov})
+            rejected.append(
+                {
+                    "id": base_id,
+                    "instruction": None,
+                    "reason": f"generator failed: {reply['error']}",
+                    "raw": None,
+                    "provenance": prov,
+                }
+            )
             continue
         items = parse_instructions(reply["reply"])
         if not items:
-            rejected.append({"id": base_id, "instruction": None, "reason": "unparseable reply", "raw": reply["reply"], "provenance": prov})
+            rejected.append(
+                {
+                    "id": base_id,
+                    "instruction": None,
+                    "reason": "unparseable reply",
+                    "raw": reply["reply"],
+                    "provenance": prov,
+                }
+            )
             continue
         for k, item in enumerate(items[: per_passage * 2]):
             task_type, text = split_task_label(item)
-            row = {"id": f"{base_id}-{k}", "instruction": text, "subarea": passage["subarea"], "task_type": task_type, "context": passage["text"], "provenance": prov}
+            row = {
+                "id": f"{base_id}-{k}",
+                "instruction": text,
+                "subarea": passage["subarea"],
+                "task_type": task_type,
+                "context": passage["text"],
+                "provenance": prov,
+            }
             problem = quality_problem(text, passage["text"], plan.min_words, plan.max_words)
             if problem:
                 rejected.append(dict(row, reason=problem, raw=reply["reply"]))

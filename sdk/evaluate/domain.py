@@ -9,7 +9,6 @@ and score it under the teacher: mean per-token log-likelihood log p_T(answer | p
 from __future__ import annotations
 
 import math
-import re
 from statistics import mean
 from typing import Optional
 

@@ -17,7 +17,7 @@ log-probabilities is future work (docs/metrics.md); the figures are then marked 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def token_divergence(teacher_logits, student_logits, targets, mask) -> dict:
@@ -47,6 +47,9 @@ def token_divergence(teacher_logits, student_logits, targets, mask) -> dict:
 def _batches(items: Sequence, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+FIDELITY_MAX_TOKENS = 1024  # prompt + answer tokens scored per item
 
 
 def _encode(tokenizer, prompts: Sequence[str], answers: Sequence[str], device, max_length: int):
@@ -79,7 +82,7 @@ def _vocab(logits, width: int):
     return logits[..., :width]  # models may pad their vocabulary; both read the tokenizer's ids
 
 
-def fidelity(teacher, student, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 4, max_length: int = 1024) -> dict:
+def fidelity(teacher, student, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 4) -> dict:
     """Per-item and set-level KL(T||S), top-1 agreement and perplexities on the given answers.
 
     prompts: rendered chat prompts (generation prompt included); answers: the teacher's answers.
@@ -90,10 +93,21 @@ def fidelity(teacher, student, tokenizer, prompts: Sequence[str], answers: Seque
     items: list[dict] = [{} for _ in answers]
     device = next(student.parameters()).device
     for chunk in _batches(keep, batch_size):
-        input_ids, attention, mask = _encode(tokenizer, [prompts[i] for i in chunk], [answers[i] for i in chunk], device, max_length)
-        t_logits = _vocab(_logits(teacher, input_ids.to(next(teacher.parameters()).device), attention.to(next(teacher.parameters()).device)).to(device), width)
+        input_ids, attention, mask = _encode(
+            tokenizer, [prompts[i] for i in chunk], [answers[i] for i in chunk], device, FIDELITY_MAX_TOKENS
+        )
+        t_logits = _vocab(
+            _logits(
+                teacher,
+                input_ids.to(next(teacher.parameters()).device),
+                attention.to(next(teacher.parameters()).device),
+            ).to(device),
+            width,
+        )
         s_logits = _vocab(_logits(student, input_ids, attention), width)
-        sums = token_divergence(t_logits[:, :-1], s_logits[:, :-1], input_ids[:, 1:], mask[:, 1:])  # position t predicts t+1
+        sums = token_divergence(
+            t_logits[:, :-1], s_logits[:, :-1], input_ids[:, 1:], mask[:, 1:]
+        )  # position t predicts t+1
         for j, i in enumerate(chunk):
             items[i] = {k: v[j] for k, v in sums.items()}
     return {"items": [_item(x) for x in items], "summary": _summary(items)}
@@ -103,13 +117,24 @@ def _item(sums: dict) -> dict:
     n = sums.get("tokens", 0)
     if not n:
         return {"tokens": 0}
-    return {"tokens": int(n), "kl_per_token": round(sums["kl"] / n, 4), "top1_agreement": round(sums["agree"] / n, 4), "student_ppl": round(math.exp(sums["student_nll"] / n), 3)}
+    return {
+        "tokens": int(n),
+        "kl_per_token": round(sums["kl"] / n, 4),
+        "top1_agreement": round(sums["agree"] / n, 4),
+        "student_ppl": round(math.exp(sums["student_nll"] / n), 3),
+    }
 
 
 def _summary(items: list[dict]) -> dict:
     n = sum(x.get("tokens", 0) for x in items)
     if not n:
-        return {"kl_per_token": None, "top1_agreement": None, "student_ppl": None, "teacher_ppl": None, "fidelity_tokens": 0}
+        return {
+            "kl_per_token": None,
+            "top1_agreement": None,
+            "student_ppl": None,
+            "teacher_ppl": None,
+            "fidelity_tokens": 0,
+        }
     total = lambda key: sum(x.get(key, 0.0) for x in items)  # noqa: E731
     return {
         "kl_per_token": round(total("kl") / n, 4),

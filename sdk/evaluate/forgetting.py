@@ -173,7 +173,9 @@ def evaluate_general(model, tokenizer, tasks: list[str], limit: int | None = Non
     out = {}
     for name, objs in built.items():
         if name in results["results"] and _metrics(results["results"][name])[0]:
-            leaves = [t.task_name for obj in objs for t in (obj.get_all_tasks() if hasattr(obj, "get_all_tasks") else [obj])]
+            leaves = [
+                t.task_name for obj in objs for t in (obj.get_all_tasks() if hasattr(obj, "get_all_tasks") else [obj])
+            ]
             out[name] = _summarise(results, name, leaves)
             continue
         for obj in objs:

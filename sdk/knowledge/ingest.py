@@ -44,7 +44,12 @@ class IndexSettings:
     embed_batch_size: int = 64
 
     def key(self) -> str:
-        relevant = {"v": INGEST_VERSION, "chunk_size": self.chunk_size, "chunk_overlap": self.chunk_overlap, "embedder": self.embedder}
+        relevant = {
+            "v": INGEST_VERSION,
+            "chunk_size": self.chunk_size,
+            "chunk_overlap": self.chunk_overlap,
+            "embedder": self.embedder,
+        }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -101,7 +106,9 @@ def read_document(path: Path, readers: dict) -> str:
 
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_EXTENSIONS:
-        raise ValueError(f"unsupported file type '{suffix or path.name}' (supported: {', '.join(SUPPORTED_EXTENSIONS)})")
+        raise ValueError(
+            f"unsupported file type '{suffix or path.name}' (supported: {', '.join(SUPPORTED_EXTENSIONS)})"
+        )
     data = path.read_bytes()
     if not data.strip():
         raise ValueError("empty file")
@@ -116,7 +123,9 @@ def read_document(path: Path, readers: dict) -> str:
         raise ValueError(f"no reader installed for {suffix}")
     logging.getLogger("llama_index").setLevel(logging.ERROR)
     try:
-        docs = SimpleDirectoryReader(input_files=[str(path)], file_extractor=readers, raise_on_error=True, errors="strict").load_data(show_progress=False)
+        docs = SimpleDirectoryReader(
+            input_files=[str(path)], file_extractor=readers, raise_on_error=True, errors="strict"
+        ).load_data(show_progress=False)
     except Exception as exc:  # readers raise anything from pypdf's PdfReadError to KeyError
         raise ValueError(f"unreadable: {type(exc).__name__}: {str(exc)[:120]}") from None
     text = "\n\n".join(d.text for d in docs if d.text).strip()
@@ -130,7 +139,11 @@ def read_document(path: Path, readers: dict) -> str:
 
 def list_corpus(corpus_dir: Path) -> list[Path]:
     """Every non-hidden file under corpus_dir; unsupported types are reported as skipped, not ignored."""
-    return sorted(p for p in corpus_dir.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(corpus_dir).parts))
+    return sorted(
+        p
+        for p in corpus_dir.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(corpus_dir).parts)
+    )
 
 
 def chunk_text(text: str, document: str, settings: IndexSettings) -> list[dict]:
@@ -138,9 +151,19 @@ def chunk_text(text: str, document: str, settings: IndexSettings) -> list[dict]:
     from llama_index.core import Document
     from llama_index.core.node_parser import SentenceSplitter
 
-    splitter = SentenceSplitter(chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, include_metadata=False)
+    splitter = SentenceSplitter(
+        chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, include_metadata=False
+    )
     nodes = splitter.get_nodes_from_documents([Document(text=text)])
-    return [{"chunk_id": f"{document}#{i}", "document": document, "text": n.get_content(), "sha256": _sha256(n.get_content())} for i, n in enumerate(nodes)]
+    return [
+        {
+            "chunk_id": f"{document}#{i}",
+            "document": document,
+            "text": n.get_content(),
+            "sha256": _sha256(n.get_content()),
+        }
+        for i, n in enumerate(nodes)
+    ]
 
 
 class _VectorCache:
@@ -270,7 +293,12 @@ def ingest(corpus_dir: str | Path, index_dir: str | Path, settings: Optional[Ind
                 advance(len(batch))
     summary.chunks_embedded = len(todo)
 
-    unchanged = same_settings and not todo and previous.get("chunk_ids") == [c["chunk_id"] for c in chunks] and (index_dir / "store").is_dir()
+    unchanged = (
+        same_settings
+        and not todo
+        and previous.get("chunk_ids") == [c["chunk_id"] for c in chunks]
+        and (index_dir / "store").is_dir()
+    )
     if unchanged:
         summary.index_type = previous.get("index_type", "")
     else:
@@ -291,7 +319,9 @@ def ingest(corpus_dir: str | Path, index_dir: str | Path, settings: Optional[Ind
             "last_ingest": summary.as_dict(),
         },
     )
-    log(f"ingested {summary.files_indexed} new/changed and {summary.files_reused} unchanged files into {summary.chunks} chunks ({summary.chunks_embedded} embedded, {len(summary.skipped)} skipped, {summary.index_type} index)")
+    log(
+        f"ingested {summary.files_indexed} new/changed and {summary.files_reused} unchanged files into {summary.chunks} chunks ({summary.chunks_embedded} embedded, {len(summary.skipped)} skipped, {summary.index_type} index)"
+    )
     return summary
 
 
@@ -305,7 +335,12 @@ def _persist_llama_index(chunks: list[dict], vectors: np.ndarray, index_dir: Pat
 
     faiss_index, kind = build_faiss_index(vectors, settings)
     nodes = [
-        TextNode(id_=c["chunk_id"], text=c["text"], metadata={"document": c["document"], "chunk_id": c["chunk_id"], "sha256": c["sha256"]}, embedding=v.tolist())
+        TextNode(
+            id_=c["chunk_id"],
+            text=c["text"],
+            metadata={"document": c["document"], "chunk_id": c["chunk_id"], "sha256": c["sha256"]},
+            embedding=v.tolist(),
+        )
         for c, v in zip(chunks, vectors)
     ]
     for node in nodes:  # keep metadata out of the embedded/LLM text

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from sdk.config import ModelSpec, ModelsSettings
 from sdk.errors import ModelError
-from sdk.models.embedded import EMBEDDED_NAME, embedded_model_dir
 from sdk.models.budget import Budget
 from sdk.models.cache import ResponseCache
+from sdk.models.embedded import EMBEDDED_NAME, embedded_model_dir
 from sdk.models.local import LocalChatModel
 from sdk.models.openai_backend import OpenAIChatModel
 from sdk.models.prune import every_k_layers, prune_layers
@@ -61,7 +61,11 @@ def load_local(spec: ModelSpec, models: ModelsSettings | None = None):
                 "pack's corpus; load that folder (student_init.json names it), or give keep_layers"
             )
         model, tokenizer = load_local(base_spec.model_copy(update={"dtype": spec.dtype}), models)
-        keep = spec.keep_layers if spec.keep_layers is not None else every_k_layers(model.config.num_hidden_layers, spec.keep_every)
+        keep = (
+            spec.keep_layers
+            if spec.keep_layers is not None
+            else every_k_layers(model.config.num_hidden_layers, spec.keep_every)
+        )
         return prune_layers(model, keep), tokenizer
 
     dtype = getattr(torch, spec.dtype) if spec.dtype != "auto" else "auto"
@@ -101,4 +105,13 @@ def load_chat_model(spec: ModelSpec, models: ModelsSettings | None = None, name:
     return chat
 
 
-__all__ = ["describe", "load_local", "load_chat_model", "LocalChatModel", "OpenAIChatModel", "embedded_model_dir", "Budget", "ResponseCache"]
+__all__ = [
+    "describe",
+    "load_local",
+    "load_chat_model",
+    "LocalChatModel",
+    "OpenAIChatModel",
+    "embedded_model_dir",
+    "Budget",
+    "ResponseCache",
+]

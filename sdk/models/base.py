@@ -7,7 +7,8 @@ finer control, `_answer` (answer indexed conversations and `emit` results as the
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 from sdk.config import GenerationSettings
 from sdk.progress import progress_bar
@@ -151,4 +152,10 @@ class ChatBackend:
         def record(start: int, outputs: list) -> None:
             journal.append([to_row(i, out) for i, out in zip(todo[start : start + len(outputs)], outputs)])
 
-        self.generate([conversations[i] for i in todo], description=description, on_chunk=record, return_errors=True, budget=budget)
+        self.generate(
+            [conversations[i] for i in todo],
+            description=description,
+            on_chunk=record,
+            return_errors=True,
+            budget=budget,
+        )

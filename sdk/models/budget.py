@@ -28,7 +28,11 @@ class Budget:
         self._lock = threading.Lock()
         if self.state_path is not None and self.state_path.exists():
             state = json.loads(self.state_path.read_text(encoding="utf-8"))
-            self.calls, self.prompt_tokens, self.completion_tokens = state["calls"], state["prompt_tokens"], state["completion_tokens"]
+            self.calls, self.prompt_tokens, self.completion_tokens = (
+                state["calls"],
+                state["prompt_tokens"],
+                state["completion_tokens"],
+            )
 
     # spend ------------------------------------------------------------------------------------
     @property
@@ -39,7 +43,10 @@ class Budget:
     def cost(self) -> float:
         s = self.settings
         # cost = prompt tokens * price per prompt token + completion tokens * price per completion token
-        return (self.prompt_tokens * (s.prompt_price_per_mtok or 0.0) + self.completion_tokens * (s.completion_price_per_mtok or 0.0)) / 1e6
+        return (
+            self.prompt_tokens * (s.prompt_price_per_mtok or 0.0)
+            + self.completion_tokens * (s.completion_price_per_mtok or 0.0)
+        ) / 1e6
 
     def exhausted(self) -> str | None:
         """The limit that is reached, as 'max_calls 20', or None while there is budget left."""
@@ -84,7 +91,12 @@ class Budget:
         return BudgetExhausted(f"budget reached for {who}: {self.exhausted() or 'limit'} (spent {self.spent()})")
 
     def as_dict(self) -> dict:
-        return {"calls": self.calls, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "cost": self.cost}
+        return {
+            "calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost": self.cost,
+        }
 
     def _save(self) -> None:
         if self.state_path is not None:

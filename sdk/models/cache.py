@@ -37,7 +37,12 @@ def default_cache_path() -> Path:
 
 def cache_key(provider: str, model: str, messages: list[dict], params: dict) -> str:
     """sha256 of the canonical JSON of everything that decides a reply."""
-    blob = json.dumps({"provider": provider, "model": model, "messages": messages, "params": params}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    blob = json.dumps(
+        {"provider": provider, "model": model, "messages": messages, "params": params},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -59,11 +64,6 @@ class ResponseCache:
             conn.executescript(_SCHEMA)
             self._conn, self._pid = conn, os.getpid()
         return self._conn
-
-    def get(self, key: str) -> str | None:
-        with self._lock:
-            row = self._db().execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
 
     def get_many(self, keys: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -99,11 +99,19 @@ class ResponseCache:
             return {"path": str(self.path), "entries": 0, "bytes": 0, "models": {}}
         with self._lock:
             db = self._db()
-            per = {m: {"entries": n, "hits": 0, "misses": 0} for m, n in db.execute("SELECT model, COUNT(*) FROM responses GROUP BY model")}
+            per = {
+                m: {"entries": n, "hits": 0, "misses": 0}
+                for m, n in db.execute("SELECT model, COUNT(*) FROM responses GROUP BY model")
+            }
             for m, h, miss in db.execute("SELECT model, hits, misses FROM counters"):
                 per.setdefault(m, {"entries": 0, "hits": 0, "misses": 0}).update(hits=h, misses=miss)
         size = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
-        return {"path": str(self.path), "entries": sum(v["entries"] for v in per.values()), "bytes": size, "models": per}
+        return {
+            "path": str(self.path),
+            "entries": sum(v["entries"] for v in per.values()),
+            "bytes": size,
+            "models": per,
+        }
 
     def clear(self, model: str | None = None) -> int:
         """Delete every entry (or one model's); returns how many were deleted."""

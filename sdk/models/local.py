@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from sdk.config import GenerationSettings
 from sdk.models.base import ChatBackend
@@ -78,7 +78,9 @@ class LocalChatModel(ChatBackend):
             budget.record(int(enc["attention_mask"].sum()), int((new_tokens != tok.pad_token_id).sum()))
         return [t.strip() for t in tok.batch_decode(new_tokens, skip_special_tokens=True)]
 
-    def loglik(self, conversations: Sequence[Messages], answers: Sequence[str], batch_size: int = 8) -> list[float | None]:
+    def loglik(
+        self, conversations: Sequence[Messages], answers: Sequence[str], batch_size: int = 8
+    ) -> list[float | None]:
         """Mean per-token log-likelihood of each answer given its conversation, under this model.
 
         score = (1/|a|) * sum_t log p(a_t | prompt, a_<t), over the answer tokens only.

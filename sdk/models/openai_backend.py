@@ -22,8 +22,8 @@ import email.utils
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from sdk.config import GenerationSettings, ModelSpec
 from sdk.errors import BudgetExhausted, ModelError
@@ -138,7 +138,9 @@ class OpenAIChatModel(ChatBackend):
     def _client(self):
         from openai import AsyncOpenAI
 
-        return AsyncOpenAI(base_url=self.spec.base_url, api_key=self._api_key(), timeout=self.spec.timeout_s, max_retries=0)
+        return AsyncOpenAI(
+            base_url=self.spec.base_url, api_key=self._api_key(), timeout=self.spec.timeout_s, max_retries=0
+        )
 
     def _limits(self) -> tuple:
         """The request and token buckets, one pair per model object, so limits hold across calls."""
@@ -187,7 +189,9 @@ class OpenAIChatModel(ChatBackend):
                     return
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # emit raised (a failed row with return_errors=False, or the caller's callback)
+                except (
+                    Exception
+                ) as exc:  # emit raised (a failed row with return_errors=False, or the caller's callback)
                     stop.append(exc)
                     return
 
@@ -201,7 +205,13 @@ class OpenAIChatModel(ChatBackend):
             raise stop[0]
 
     def _request(self, messages: Messages, settings: GenerationSettings) -> dict:
-        kwargs = dict(model=self.spec.model, messages=messages, max_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p)
+        kwargs = dict(
+            model=self.spec.model,
+            messages=messages,
+            max_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+        )
         if settings.seed is not None:
             kwargs["seed"] = settings.seed
         return kwargs
@@ -231,9 +241,17 @@ class OpenAIChatModel(ChatBackend):
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if status in (401, 403):
-                    raise _Stop(ModelError(f"{spec.base_url} refused the API key (HTTP {status}); check the variable named by api_key_env ({spec.api_key_env or 'none set'})"))
+                    raise _Stop(
+                        ModelError(
+                            f"{spec.base_url} refused the API key (HTTP {status}); check the variable named by api_key_env ({spec.api_key_env or 'none set'})"
+                        )
+                    )
                 if status == 404:
-                    raise _Stop(ModelError(f"{spec.base_url} has no model '{spec.model}' or no chat completions route (HTTP 404)"))
+                    raise _Stop(
+                        ModelError(
+                            f"{spec.base_url} has no model '{spec.model}' or no chat completions route (HTTP 404)"
+                        )
+                    )
                 if not (status in (408, 409, 429) or status >= 500):
                     return ModelError(self._scrub(f"HTTP {status}: {_detail(exc)}"))
                 reason, transient = f"HTTP {status}", transient + 1

@@ -23,13 +23,16 @@ layer is scored on its own output.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 from sdk.errors import ModelError
 
 METHODS = ("angular", "block_influence", "every_k")
-DEFAULT_KEEP_RATIO = 0.8  # measured: the smallest SmolLM2 student whose healed KL to the teacher is below 1 (docs/pruning.md)
+DEFAULT_KEEP_RATIO = (
+    0.8  # measured: the smallest SmolLM2 student whose healed KL to the teacher is below 1 (docs/pruning.md)
+)
 
 
 @dataclass
@@ -54,9 +57,15 @@ class PruneRecord:
 
 def target_layers(base_layers: int, num_layers: Optional[int] = None, keep_ratio: Optional[float] = None) -> int:
     """How many layers the student keeps: num_layers, else round(keep_ratio * base_layers) (default 0.8); at least 2."""
-    n = num_layers if num_layers is not None else round((keep_ratio if keep_ratio is not None else DEFAULT_KEEP_RATIO) * base_layers)
+    n = (
+        num_layers
+        if num_layers is not None
+        else round((keep_ratio if keep_ratio is not None else DEFAULT_KEEP_RATIO) * base_layers)
+    )
     if not 2 <= n <= base_layers:
-        raise ModelError(f"the pruned student must keep between 2 and {base_layers} layers (first and last included), got {n}")
+        raise ModelError(
+            f"the pruned student must keep between 2 and {base_layers} layers (first and last included), got {n}"
+        )
     return n
 
 
@@ -114,7 +123,13 @@ def layer_hidden_states(model, tokenizer, texts: Sequence[str], max_tokens: int 
     device = next(model.parameters()).device
     try:
         for start in range(0, len(texts), batch_size):
-            enc = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=max_tokens).to(device)
+            enc = tokenizer(
+                list(texts[start : start + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_tokens,
+            ).to(device)
             captured.clear()
             with torch.inference_mode():
                 model(**enc)
@@ -124,7 +139,9 @@ def layer_hidden_states(model, tokenizer, texts: Sequence[str], max_tokens: int 
             h.remove()
 
 
-def layer_scores(model, tokenizer, texts: Sequence[str], n_drop: int, max_tokens: int = 256) -> tuple[list[float], list[float], int]:
+def layer_scores(
+    model, tokenizer, texts: Sequence[str], n_drop: int, max_tokens: int = 256
+) -> tuple[list[float], list[float], int]:
     """(block influence per layer, angular distance d(l, n_drop) per start l, tokens scored), token-averaged."""
     import torch
 
@@ -145,8 +162,26 @@ def layer_scores(model, tokenizer, texts: Sequence[str], n_drop: int, max_tokens
     return [round(float(x) / tokens, 5) for x in bi], [round(float(x) / tokens, 5) for x in ang], tokens
 
 
-def choose_layers(model, tokenizer, method: str, n_keep: int, calibration: Sequence[str], keep_every: Optional[int] = None, keep_layers: Optional[list[int]] = None, max_tokens: int = 256) -> PruneRecord:
+@dataclass(frozen=True)
+class PrunePlan:
+    """How to choose the layers: a method and a target count, or an explicit list."""
+
+    method: str  # angular | block_influence | every_k
+    n_keep: int = 0
+    keep_every: Optional[int] = None  # every_k
+    keep_layers: Optional[list[int]] = None  # explicit: overrides the method
+    max_tokens: int = 256  # calibration tokens per text
+
+
+def choose_layers(model, tokenizer, plan: PrunePlan, calibration: Sequence[str]) -> PruneRecord:
     """Score the layers on the calibration text and pick the ones to keep."""
+    method, n_keep, keep_every, keep_layers, max_tokens = (
+        plan.method,
+        plan.n_keep,
+        plan.keep_every,
+        plan.keep_layers,
+        plan.max_tokens,
+    )
     L = len(_decoder_layers(model)[1])
     if keep_layers is not None:
         return PruneRecord("keep_layers", L, check_keep_layers(keep_layers, L))
@@ -158,7 +193,9 @@ def choose_layers(model, tokenizer, method: str, n_keep: int, calibration: Seque
     if method not in METHODS:
         raise ModelError(f"unknown prune_method '{method}' (allowed: {', '.join(METHODS)})")
     if not calibration:
-        raise ModelError(f"prune_method {method} scores the layers on calibration text (corpus chunks), and none was given")
+        raise ModelError(
+            f"prune_method {method} scores the layers on calibration text (corpus chunks), and none was given"
+        )
     bi, ang, tokens = layer_scores(model, tokenizer, calibration, L - n_keep, max_tokens)
     kept = block_influence_layers(bi, n_keep) if method == "block_influence" else angular_layers(ang, L, n_keep)
     return PruneRecord(method, L, kept, bi, ang, len(calibration), tokens)

@@ -44,12 +44,16 @@ def load_student_model(folder: Path | str, merge_adapter: bool = True):
     folder = Path(folder)
     kind = student_kind(folder)
     if kind is None:
-        raise ModelError(f"{folder} holds no student: neither config.json (full weights) nor adapter_config.json (a LoRA adapter)")
+        raise ModelError(
+            f"{folder} holds no student: neither config.json (full weights) nor adapter_config.json (a LoRA adapter)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if kind == "adapter":
         from peft import AutoPeftModelForCausalLM, PeftModel
 
-        if (folder / "base" / "config.json").is_file():  # the base travels with the adapter, even if the run folder moved
+        if (
+            folder / "base" / "config.json"
+        ).is_file():  # the base travels with the adapter, even if the run folder moved
             model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder / "base"), str(folder))
         else:
             model = AutoPeftModelForCausalLM.from_pretrained(folder)

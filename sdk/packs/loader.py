@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
 
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateSyntaxError
@@ -100,7 +99,9 @@ class Pack:
         path = self.prompt_path(name)
         if not path.is_file():
             raise PackError(f"{self.pack_file}: field 'prompts.{name}': file not found: {path}")
-        env = Environment(loader=FileSystemLoader(str(path.parent)), undefined=StrictUndefined, keep_trailing_newline=False)
+        env = Environment(
+            loader=FileSystemLoader(str(path.parent)), undefined=StrictUndefined, keep_trailing_newline=False
+        )
         try:
             return env.get_template(path.name)
         except TemplateSyntaxError as exc:
@@ -114,7 +115,10 @@ class Pack:
     # verifiers --------------------------------------------------------------------------------
     def verifiers(self) -> list[tuple[str, Callable[[str, str], list[dict]]]]:
         if self._verifiers is None:
-            self._verifiers = [(v.name, self._import_function(v.function, f"verifiers[{i}].function")) for i, v in enumerate(self.spec.verifiers)]
+            self._verifiers = [
+                (v.name, self._import_function(v.function, f"verifiers[{i}].function"))
+                for i, v in enumerate(self.spec.verifiers)
+            ]
         return self._verifiers
 
     def _import_function(self, ref: str, field_name: str):
@@ -128,7 +132,9 @@ class Pack:
         try:
             spec.loader.exec_module(module)
         except Exception as exc:  # a contributor's module: report whatever broke it
-            raise PackError(f"{module_file}: field '{field_name}': import failed: {type(exc).__name__}: {exc}") from None
+            raise PackError(
+                f"{module_file}: field '{field_name}': import failed: {type(exc).__name__}: {exc}"
+            ) from None
         func = getattr(module, func_name, None)
         if not callable(func):
             raise PackError(f"{self.pack_file}: field '{field_name}': {module_file.name} has no function {func_name!r}")
@@ -141,9 +147,18 @@ class Pack:
             try:
                 result = func(instruction, answer) or []
             except Exception as exc:  # a buggy verifier must not sink a run: record it as a finding
-                result = [{"label": "verifier-crashed", "severity": "warning", "message": f"{type(exc).__name__}: {exc}"}]
+                result = [
+                    {"label": "verifier-crashed", "severity": "warning", "message": f"{type(exc).__name__}: {exc}"}
+                ]
             for f in result:
-                findings.append({"verifier": name, "label": str(f.get("label", "")), "severity": str(f.get("severity", "info")), "message": str(f.get("message", ""))})
+                findings.append(
+                    {
+                        "verifier": name,
+                        "label": str(f.get("label", "")),
+                        "severity": str(f.get("severity", "info")),
+                        "message": str(f.get("message", "")),
+                    }
+                )
         return findings
 
 
@@ -204,7 +219,10 @@ def discover_packs(pack_paths: list[str | Path] | None = None) -> dict[str, Pack
         pack = load_pack_dir(folder, source=label)
         if pack.name in packs:
             old = packs[pack.name]
-            warnings.warn(f"pack '{pack.name}' from {label} ({folder}) replaces the one from {old.source} ({old.root})", stacklevel=2)
+            warnings.warn(
+                f"pack '{pack.name}' from {label} ({folder}) replaces the one from {old.source} ({old.root})",
+                stacklevel=2,
+            )
         packs[pack.name] = pack
     return packs
 

@@ -70,11 +70,27 @@ def check_not_empty(instruction: str, answer: str) -> list[dict]:
 '''
 
 SEEDS = [
-    ("Explain the five terms a newcomer to {name} most often confuses, with a one-line definition of each.", "basics", "explain"),
+    (
+        "Explain the five terms a newcomer to {name} most often confuses, with a one-line definition of each.",
+        "basics",
+        "explain",
+    ),
     ("Compare the two most common approaches used in {name} and say when each is preferred.", "practice", "compare"),
-    ("A task in {name} takes 3 hours and a team does 14 of them a week. How many hours a week is that?", "practice", "calculate"),
-    ("Draft a short checklist a junior colleague in {name} could follow before signing off their work.", "practice", "draft"),
-    ("Classify these as routine or urgent in {name}: a missed deadline, a data error, a client question.", "basics", "classify"),
+    (
+        "A task in {name} takes 3 hours and a team does 14 of them a week. How many hours a week is that?",
+        "practice",
+        "calculate",
+    ),
+    (
+        "Draft a short checklist a junior colleague in {name} could follow before signing off their work.",
+        "practice",
+        "draft",
+    ),
+    (
+        "Classify these as routine or urgent in {name}: a missed deadline, a data error, a client question.",
+        "basics",
+        "classify",
+    ),
     ("Advise a client who asks a question in {name} that depends on facts you do not yet have.", "advice", "advise"),
     ("Explain why documentation matters in {name}.", "basics", "explain"),
     ("Draft an email asking a client for the missing information needed to finish a {name} task.", "advice", "draft"),
@@ -125,9 +141,33 @@ def scaffold_pack(name: str, parent: str | Path) -> Path:
     (root / "verifiers.py").write_text(VERIFIERS, encoding="utf-8")
     with open(root / "seeds.jsonl", "w", encoding="utf-8") as fh:
         for i, (text, area, kind) in enumerate(SEEDS, 1):
-            fh.write(json.dumps({"id": f"{name}-seed-{i:03d}", "instruction": text.format(name=name), "subarea": area, "task_type": kind}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"{name}-seed-{i:03d}",
+                        "instruction": text.format(name=name),
+                        "subarea": area,
+                        "task_type": kind,
+                    }
+                )
+                + "\n"
+            )
     with open(root / "eval.jsonl", "w", encoding="utf-8") as fh:
         for i, (text, reference, points) in enumerate(EVAL, 1):
-            fh.write(json.dumps({"id": f"{name}-eval-{i:03d}", "instruction": text.format(name=name), "reference": reference, "key_points": points, "subarea": "basics", "task_type": "explain"}) + "\n")
-    (root / "corpus" / "getting-started.md").write_text(DOCUMENT.format(title=name.replace("-", " ").title()), encoding="utf-8")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"{name}-eval-{i:03d}",
+                        "instruction": text.format(name=name),
+                        "reference": reference,
+                        "key_points": points,
+                        "subarea": "basics",
+                        "task_type": "explain",
+                    }
+                )
+                + "\n"
+            )
+    (root / "corpus" / "getting-started.md").write_text(
+        DOCUMENT.format(title=name.replace("-", " ").title()), encoding="utf-8"
+    )
     return root

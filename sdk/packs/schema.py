@@ -5,7 +5,7 @@ names the file and the field.
 from __future__ import annotations
 
 import re
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -37,7 +37,9 @@ class RetrievalSettings(_Strict):
     @model_validator(mode="after")
     def _overlap(self):
         if self.chunk_overlap >= self.chunk_size:
-            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})"
+            )
         return self
 
 
@@ -48,7 +50,9 @@ class Criterion(_Strict):
 
 
 class RefereeSettings(_Strict):
-    tau: float = Field(..., gt=0.0, le=10.0, description="score gap (teacher - student, 1-10 scale) that makes an instruction hard")
+    tau: float = Field(
+        ..., gt=0.0, le=10.0, description="score gap (teacher - student, 1-10 scale) that makes an instruction hard"
+    )
     criteria: list[Criterion] = Field(..., min_length=1)
 
     @field_validator("criteria")
@@ -63,7 +67,9 @@ class RefereeSettings(_Strict):
 
 class VerifierRef(_Strict):
     name: str = Field(..., pattern=r"^[a-z][a-z0-9_]*$")
-    function: str = Field(..., description="'module:function', module relative to the pack folder (e.g. verifiers:check_units)")
+    function: str = Field(
+        ..., description="'module:function', module relative to the pack folder (e.g. verifiers:check_units)"
+    )
 
     @field_validator("function")
     @classmethod
@@ -93,7 +99,8 @@ class PackSpec(_Strict):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     referee: RefereeSettings
     prompts: dict[Literal["referee", "synthesis", "generate_hard", "generate_easy"], str] = Field(
-        default_factory=dict, description="prompt name -> template file relative to the pack; unnamed ones use SDK defaults"
+        default_factory=dict,
+        description="prompt name -> template file relative to the pack; unnamed ones use SDK defaults",
     )
     verifiers: list[VerifierRef] = Field(default_factory=list)
     seeds: str = "seeds.jsonl"

@@ -34,7 +34,13 @@ def sample_prompt_variables(pack: Pack, name: str) -> dict:
     instruction = "Explain the difference between two closely related concepts in this field."
     if name == "referee":
         finding = {"severity": "warning", "label": "sample", "message": "a sample finding"}
-        return {"instruction": instruction, "answer_a": "A short sample answer.", "answer_b": "Another sample answer.", "findings_a": [finding], "findings_b": []}
+        return {
+            "instruction": instruction,
+            "answer_a": "A short sample answer.",
+            "answer_b": "Another sample answer.",
+            "findings_a": [finding],
+            "findings_b": [],
+        }
     if name == "synthesis":
         return {"passage": "A sample passage from a reference document in this field.", "n": 3}
     return {"instruction": instruction, "task_type": "explain", "subarea": "general"}
@@ -57,7 +63,9 @@ def overlap_problems(pack: Pack, seeds, evals) -> list[str]:
                 break
             score = rouge_l_f(seed_text, row.instruction, use_stemmer=True)  # stemmed: the stricter test
             if score >= NEAR_DUPLICATE_ROUGE_L:
-                problems.append(f"{eval_file}: row {row.id} field 'instruction': near-duplicate of seed {seed_id} (ROUGE-L {score:.2f} >= {NEAR_DUPLICATE_ROUGE_L})")
+                problems.append(
+                    f"{eval_file}: row {row.id} field 'instruction': near-duplicate of seed {seed_id} (ROUGE-L {score:.2f} >= {NEAR_DUPLICATE_ROUGE_L})"
+                )
                 break
     return problems
 
@@ -90,7 +98,9 @@ def validate_pack(path: str | Path) -> list[CheckResult]:
         if not corpus.is_dir():
             missing.append(f"{pack.pack_file}: field 'corpus.path': folder not found: {corpus}")
         elif not pack.corpus_files():
-            missing.append(f"{pack.pack_file}: field 'corpus.path': no documents with extensions {pack.spec.corpus.extensions} in {corpus}")
+            missing.append(
+                f"{pack.pack_file}: field 'corpus.path': no documents with extensions {pack.spec.corpus.extensions} in {corpus}"
+            )
         for field_name, rel in (("seeds", pack.spec.seeds), ("eval.path", pack.spec.eval.path)):
             if not (pack.root / rel).is_file():
                 missing.append(f"{pack.pack_file}: field '{field_name}': file not found: {pack.root / rel}")
@@ -100,7 +110,9 @@ def validate_pack(path: str | Path) -> list[CheckResult]:
         for i, v in enumerate(pack.spec.verifiers):
             module_file = pack.root / (v.function.split(":")[0].replace(".", "/") + ".py")
             if not module_file.is_file():
-                missing.append(f"{pack.pack_file}: field 'verifiers[{i}].function': module file not found: {module_file}")
+                missing.append(
+                    f"{pack.pack_file}: field 'verifiers[{i}].function': module file not found: {module_file}"
+                )
         if missing:
             raise PackError("; ".join(missing))
         return f"{len(pack.corpus_files())} documents"
@@ -117,7 +129,9 @@ def validate_pack(path: str | Path) -> list[CheckResult]:
             except PackError:
                 raise
             except Exception as exc:  # jinja2 UndefinedError and friends
-                raise PackError(f"{pack.prompt_path(name)}: field 'prompts.{name}': does not render: {type(exc).__name__}: {exc}") from None
+                raise PackError(
+                    f"{pack.prompt_path(name)}: field 'prompts.{name}': does not render: {type(exc).__name__}: {exc}"
+                ) from None
             if not text.strip():
                 raise PackError(f"{pack.prompt_path(name)}: field 'prompts.{name}': renders to an empty prompt")
         overridden = sorted(pack.spec.prompts)
@@ -139,8 +153,14 @@ def validate_pack(path: str | Path) -> list[CheckResult]:
             if not isinstance(findings, list):
                 raise PackError(f"{where}: must return a list of findings, got {type(findings).__name__}")
             for f in findings:
-                if not isinstance(f, dict) or not isinstance(f.get("label"), str) or f.get("severity") not in SEVERITIES:
-                    raise PackError(f"{where}: a finding must be a dict with 'label' and 'severity' in {SEVERITIES}, got {f!r}")
+                if (
+                    not isinstance(f, dict)
+                    or not isinstance(f.get("label"), str)
+                    or f.get("severity") not in SEVERITIES
+                ):
+                    raise PackError(
+                        f"{where}: a finding must be a dict with 'label' and 'severity' in {SEVERITIES}, got {f!r}"
+                    )
         return f"{len(pack.spec.verifiers)} verifiers run"
 
     record("verifiers", verifiers)

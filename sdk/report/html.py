@@ -45,7 +45,11 @@ def table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> st
     """An HTML table; cells are escaped; columns from `numeric_from` on are right-aligned."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td class='num'>{esc(c)}</td>" if i >= numeric_from else f"<td>{esc(c)}</td>" for i, c in enumerate(row)) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td class='num'>{esc(c)}</td>" if i >= numeric_from else f"<td>{esc(c)}</td>" for i, c in enumerate(row)
+        )
+        + "</tr>"
         for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -136,7 +140,11 @@ def plot_forgetting(forgetting: dict) -> Optional[str]:
 
 def plot_before_after(metrics: dict) -> str:
     plt = _pyplot()
-    keys = [("rougeL_vs_teacher", "ROUGE-L vs teacher"), ("rougeL_vs_reference", "ROUGE-L vs reference"), ("key_point_recall", "key-point recall")]
+    keys = [
+        ("rougeL_vs_teacher", "ROUGE-L vs teacher"),
+        ("rougeL_vs_reference", "ROUGE-L vs reference"),
+        ("key_point_recall", "key-point recall"),
+    ]
     before, after = metrics["eval"]["before"], metrics["eval"]["after"]
     teacher = metrics["eval"].get("teacher_vs_reference", {})
     fig, ax = plt.subplots(figsize=(7, 3))
@@ -144,7 +152,12 @@ def plot_before_after(metrics: dict) -> str:
     ax.bar([x - 0.27 for x in xs], [before.get(k) or 0 for k, _ in keys], width=0.27, label="student before")
     ax.bar(list(xs), [after.get(k) or 0 for k, _ in keys], width=0.27, label="student after")
     # the teacher's ROUGE-L against itself is 1 by definition: no bar
-    ax.bar([x + 0.27 for x in xs], [0 if k == "rougeL_vs_teacher" else teacher.get(k) or 0 for k, _ in keys], width=0.27, label="teacher")
+    ax.bar(
+        [x + 0.27 for x in xs],
+        [0 if k == "rougeL_vs_teacher" else teacher.get(k) or 0 for k, _ in keys],
+        width=0.27,
+        label="teacher",
+    )
     ax.set_xticks(list(xs), [label for _, label in keys])
     ax.legend(fontsize=8)
     ax.set_title("Held-out domain metrics")
@@ -213,12 +226,25 @@ def section_student(metrics: dict) -> str:
             parts.append(figure("Layer scores on the domain's calibration text", src))
     else:
         parts.append("<p class='muted'>The student was not pruned.</p>")
-    rows = [(name, init.get(key)) for name, key in (("before healing", "before_heal"), ("after healing", "after_heal")) if init.get(key)]
+    rows = [
+        (name, init.get(key))
+        for name, key in (("before healing", "before_heal"), ("after healing", "after_heal"))
+        if init.get(key)
+    ]
     if rows:
-        cols = [("kl_per_token", "KL(T‖S) / token"), ("top1_agreement", "top-1 agreement"), ("student_ppl", "ppl on teacher's answers"), ("domain_ppl", "domain ppl")]
-        parts.append(table(["student"] + [c for _, c in cols], [[name] + [fmt(v.get(k)) for k, _ in cols] for name, v in rows]))
+        cols = [
+            ("kl_per_token", "KL(T‖S) / token"),
+            ("top1_agreement", "top-1 agreement"),
+            ("student_ppl", "ppl on teacher's answers"),
+            ("domain_ppl", "domain ppl"),
+        ]
+        parts.append(
+            table(["student"] + [c for _, c in cols], [[name] + [fmt(v.get(k)) for k, _ in cols] for name, v in rows])
+        )
     if heal:
-        parts.append(f"<p>Healed for {heal.get('steps')} steps on {heal.get('sequences')} sequences ({heal.get('corpus_chunks')} corpus chunks, {heal.get('general_texts')} general texts), {fmt(heal.get('runtime_s'), 1)} s.</p>")
+        parts.append(
+            f"<p>Healed for {heal.get('steps')} steps on {heal.get('sequences')} sequences ({heal.get('corpus_chunks')} corpus chunks, {heal.get('general_texts')} general texts), {fmt(heal.get('runtime_s'), 1)} s.</p>"
+        )
         src = plot_heal_loss(heal)
         if src:
             parts.append(figure("Healing loss", src))
@@ -233,12 +259,19 @@ def section_headline(metrics: dict, status: str) -> str:
     relative = metrics.get("relative_score", {})
     per_iteration = relative.get("per_iteration") or []
     if per_iteration:
-        badges.append(f"<span class='badge info'>relative score {fmt(relative.get('before'), 1)}% → {fmt(per_iteration[-1], 1)}%</span>")
+        badges.append(
+            f"<span class='badge info'>relative score {fmt(relative.get('before'), 1)}% → {fmt(per_iteration[-1], 1)}%</span>"
+        )
     before, after = metrics["eval"]["before"], metrics["eval"]["after"]
     if after.get("kl_per_token") is not None:
-        badges.insert(1, f"<span class='badge info'>KL to teacher {fmt(before.get('kl_per_token'), 2)} → {fmt(after['kl_per_token'], 2)} nats/token · top-1 agreement {fmt(before.get('top1_agreement'), 2)} → {fmt(after.get('top1_agreement'), 2)}</span>")
+        badges.insert(
+            1,
+            f"<span class='badge info'>KL to teacher {fmt(before.get('kl_per_token'), 2)} → {fmt(after['kl_per_token'], 2)} nats/token · top-1 agreement {fmt(before.get('top1_agreement'), 2)} → {fmt(after.get('top1_agreement'), 2)}</span>",
+        )
     if after.get("looping_answers") or after.get("empty_answers"):
-        badges.append(f"<span class='badge fail'>{after.get('looping_answers') or 0} looping, {after.get('empty_answers') or 0} empty answers</span>")
+        badges.append(
+            f"<span class='badge fail'>{after.get('looping_answers') or 0} looping, {after.get('empty_answers') or 0} empty answers</span>"
+        )
     forgetting = metrics.get("forgetting")
     if forgetting:
         cls = "pass" if forgetting["passed"] else "fail"
@@ -263,10 +296,11 @@ def section_recipe(run_dir: Path, metrics: dict) -> str:
 
     def model(role: str) -> str:
         spec = models.get(role) or {}
-        return " ".join(str(v) for v in (spec.get("provider"), spec.get("model") or spec.get("name_or_path") or "") if v)
+        return " ".join(
+            str(v) for v in (spec.get("provider"), spec.get("model") or spec.get("name_or_path") or "") if v
+        )
 
     lora = train.get("lora")
-    iterations = metrics.get("iterations") or [{}]
     tau = adv.get("tau")  # config.yaml holds the resolved recipe: the pack's defaults are merged in
     max_drop = recipe.get("forgetting", {}).get("max_drop")
     rows = [
@@ -280,7 +314,10 @@ def section_recipe(run_dir: Path, metrics: dict) -> str:
         ["iterations, new per iteration", f"{adv.get('iterations')}, {adv.get('new_per_iteration')}"],
         ["forgetting gate", f"max_drop {max_drop}" if recipe.get("forgetting", {}).get("enabled", True) else "off"],
     ]
-    return table(["setting", "value"], rows, numeric_from=9) + f"<details><summary>Full recipe (config.yaml)</summary><pre class='scroll'>{esc(path.read_text())}</pre></details>"
+    return (
+        table(["setting", "value"], rows, numeric_from=9)
+        + f"<details><summary>Full recipe (config.yaml)</summary><pre class='scroll'>{esc(path.read_text())}</pre></details>"
+    )
 
 
 DOMAIN_COLUMNS = [
@@ -304,11 +341,22 @@ def section_domain(metrics: dict) -> str:
     """Teacher, student before, and student after each iteration on the pack's held-out set."""
     teacher = dict(metrics["eval"].get("teacher_vs_reference") or {})
     after = metrics["eval"]["after"]
-    teacher.update({k: v for k, v in (metrics["eval"].get("teacher") or {}).items() if k in ("domain_ppl", "distinct_trigram_ratio", "looping_answers")})
+    teacher.update(
+        {
+            k: v
+            for k, v in (metrics["eval"].get("teacher") or {}).items()
+            if k in ("domain_ppl", "distinct_trigram_ratio", "looping_answers")
+        }
+    )
     if after.get("kl_per_token") is not None:
         teacher.update(kl_per_token=0.0, top1_agreement=1.0)
-    teacher.update(rougeL_vs_teacher=1.0, teacher_loglik=None, relative_score=100.0,
-                   referee_student_mean=after.get("referee_teacher_mean"), findings_student=after.get("findings_teacher"))  # fmt: skip
+    teacher.update(
+        rougeL_vs_teacher=1.0,
+        teacher_loglik=None,
+        relative_score=100.0,
+        referee_student_mean=after.get("referee_teacher_mean"),
+        findings_student=after.get("findings_teacher"),
+    )
     rows = [("teacher", teacher), ("student before", metrics["eval"]["before"])]
     rows += [(f"student after iteration {it['iteration']}", it["eval"]) for it in metrics.get("iterations") or []]
     body = [[name] + [fmt(values.get(key)) for key, _ in DOMAIN_COLUMNS] for name, values in rows]
@@ -341,8 +389,17 @@ def section_forgetting(metrics: dict) -> str:
     rows = []
     for task, r in forgetting["tasks"].items():
         unit = "points" if r["higher_is_better"] else "relative"
-        rows.append([task, f"{r['primary']} ({'higher' if r['higher_is_better'] else 'lower'} is better)", fmt(r["before"], 4), fmt(r["after"], 4),
-                     f"{r['drop']:+.4f} {unit}", str(forgetting["max_drop"]), "pass" if r["passed"] else "FAIL"])  # fmt: skip
+        rows.append(
+            [
+                task,
+                f"{r['primary']} ({'higher' if r['higher_is_better'] else 'lower'} is better)",
+                fmt(r["before"], 4),
+                fmt(r["after"], 4),
+                f"{r['drop']:+.4f} {unit}",
+                str(forgetting["max_drop"]),
+                "pass" if r["passed"] else "FAIL",
+            ]
+        )
     cls = "pass" if forgetting["passed"] else "fail"
     src = plot_forgetting(forgetting)
     limit = forgetting.get("limit")
@@ -360,10 +417,23 @@ def section_training(metrics: dict) -> str:
     for it in metrics.get("iterations") or []:
         train = it.get("train", {})
         for stage, m in (train.get("stages") or {}).items():
-            rows.append([str(it["iteration"]), stage, str(m.get("examples", "")), str(m.get("steps", "")), fmt(m.get("runtime_s"), 1),
-                         fmt(m.get("first_logged_loss")), fmt(m.get("last_logged_loss"))])  # fmt: skip
+            rows.append(
+                [
+                    str(it["iteration"]),
+                    stage,
+                    str(m.get("examples", "")),
+                    str(m.get("steps", "")),
+                    fmt(m.get("runtime_s"), 1),
+                    fmt(m.get("first_logged_loss")),
+                    fmt(m.get("last_logged_loss")),
+                ]
+            )
     src = plot_losses(metrics)
-    out = table(["iteration", "stage", "examples", "steps", "seconds", "first loss", "last loss"], rows) if rows else "<p class='muted'>No training stage ran.</p>"
+    out = (
+        table(["iteration", "stage", "examples", "steps", "seconds", "first loss", "last loss"], rows)
+        if rows
+        else "<p class='muted'>No training stage ran.</p>"
+    )
     return out + (figure("Training loss curves", src) if src else "")
 
 
@@ -441,17 +511,32 @@ def section_samples(run_dir: Path, metrics: dict, chunks: dict[str, dict]) -> tu
             cited.add(chunk_id)
             link = f"<a href='#{_chunk_anchor(chunk_id)}'>{esc(chunk_id)}</a>"
             grounding = root_prov.get("grounding")
-            where = f"{origin}; nearest corpus chunk {link} (cosine {fmt(grounding['score'], 2)})" if grounding else f"{origin}; corpus chunk {link}"
+            where = (
+                f"{origin}; nearest corpus chunk {link} (cosine {fmt(grounding['score'], 2)})"
+                if grounding
+                else f"{origin}; corpus chunk {link}"
+            )
         else:
             where = origin
-        lineage = f"; generated in iteration {prov['iteration']} from <code>{esc(prov.get('parent_id'))}</code>" if prov.get("stage") == "generate" else ""
+        lineage = (
+            f"; generated in iteration {prov['iteration']} from <code>{esc(prov.get('parent_id'))}</code>"
+            if prov.get("stage") == "generate"
+            else ""
+        )
         side = "hard" if row.get("hard") else "easy"
         loop = degeneration(row.get("student_answer") or "")
-        flag = f" · <b class='fail'>student answer loops (longest repeat {loop['longest_repeat']}, distinct trigrams {fmt(loop['distinct_trigram_ratio'], 2)})</b>" if loop["looping"] else ""
+        flag = (
+            f" · <b class='fail'>student answer loops (longest repeat {loop['longest_repeat']}, distinct trigrams {fmt(loop['distinct_trigram_ratio'], 2)})</b>"
+            if loop["looping"]
+            else ""
+        )
         why = f" ({esc(row.get('hard_because'))})" if row.get("hard_because") else ""
         findings = row.get("findings") or {}
-        notes = "".join(f"<li>{esc(who)}: {esc(f.get('severity'))} {esc(f.get('verifier', ''))} {esc(f.get('message'))}</li>"
-                        for who in ("teacher", "student") for f in findings.get(who, []))  # fmt: skip
+        notes = "".join(
+            f"<li>{esc(who)}: {esc(f.get('severity'))} {esc(f.get('verifier', ''))} {esc(f.get('message'))}</li>"
+            for who in ("teacher", "student")
+            for f in findings.get(who, [])
+        )
         parts.append(
             f"<div class='sample'><p><b class='{side}'>{side}{why}</b> · gap {fmt(row.get('gap'), 2)} · "
             f"teacher {fmt(row.get('teacher_score'), 2)} vs student {fmt(row.get('student_score'), 2)} · "
@@ -475,9 +560,15 @@ def section_chunks(chunks: dict[str, dict], cited: set[str], corpus: Optional[st
     for chunk_id in order:
         chunk = chunks[chunk_id]
         document = chunk.get("document") or ""
-        link = f" · <a href='{esc(Path(corpus, document).resolve().as_uri())}'>{esc(document)}</a>" if corpus and document else ""
+        link = (
+            f" · <a href='{esc(Path(corpus, document).resolve().as_uri())}'>{esc(document)}</a>"
+            if corpus and document
+            else ""
+        )
         cite = " <span class='badge info'>cited above</span>" if chunk_id in cited else ""
-        parts.append(f"<div id='{_chunk_anchor(chunk_id)}' class='sample'><p><code>{esc(chunk_id)}</code>{link}{cite}</p><pre class='scroll'>{esc(chunk['text'])}</pre></div>")
+        parts.append(
+            f"<div id='{_chunk_anchor(chunk_id)}' class='sample'><p><code>{esc(chunk_id)}</code>{link}{cite}</p><pre class='scroll'>{esc(chunk['text'])}</pre></div>"
+        )
     head = f"<p class='muted'>{len(chunks)} chunk(s) from <code>{esc(corpus)}</code> grounded this run's instructions (the passages synthesis drew on, and the chunk nearest each seed).</p>"
     return head + "<details open><summary>Chunks</summary>" + "".join(parts) + "</details>"
 
@@ -488,7 +579,9 @@ def write_report(run_dir: Path, metrics: dict, status: Optional[str] = None) -> 
     layout = RunLayout(run_dir)
     manifest_path = layout.manifest
     if status is None:
-        status = json.loads(manifest_path.read_text()).get("status", "finished") if manifest_path.is_file() else "finished"
+        status = (
+            json.loads(manifest_path.read_text()).get("status", "finished") if manifest_path.is_file() else "finished"
+        )
     knowledge_path = layout.knowledge
     corpus = json.loads(knowledge_path.read_text()).get("corpus") if knowledge_path.is_file() else None
     chunks = _chunks(run_dir)
@@ -505,9 +598,9 @@ def write_report(run_dir: Path, metrics: dict, status: Optional[str] = None) -> 
     ]
     body = "".join(f"<h2>{esc(title)}</h2>{content}" for title, content in sections)
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Distillery report: {esc(metrics['domain'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>Distillery report: {esc(metrics["domain"])}</title>
 <style>{STYLE}</style></head><body>
-<h1>Distillery report: {esc(metrics['domain'])} ({esc(metrics['preset'])})</h1>
+<h1>Distillery report: {esc(metrics["domain"])} ({esc(metrics["preset"])})</h1>
 {section_headline(metrics, status)}
 {body}
 <h2>metrics.json</h2><p class='muted'>The same numbers for scripts; fields are described in docs/metrics.md.</p>

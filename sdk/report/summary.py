@@ -61,7 +61,9 @@ def eval_rows(metrics: dict) -> list[tuple[str, str, str, str, bool | None, str]
 
 
 def summary_table(metrics: dict) -> Table:
-    table = Table(title=f"Distillery: {metrics['domain']} ({metrics['preset']}), student on {metrics['data']['eval_prompts']} held-out prompts")
+    table = Table(
+        title=f"Distillery: {metrics['domain']} ({metrics['preset']}), student on {metrics['data']['eval_prompts']} held-out prompts"
+    )
     for col in ("metric", "before", "after", "change", "teacher"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for label, before, after, delta, improved, teacher in eval_rows(metrics):
@@ -71,11 +73,23 @@ def summary_table(metrics: dict) -> Table:
     if relative.get("before") is not None and relative.get("per_iteration"):
         b, a = relative["before"], relative["per_iteration"][-1]
         colour = "green" if a > b else "red" if a < b else "default"
-        table.add_row(f"relative score % ({relative.get('referee')} referee)", f"{b:.1f}", f"{a:.1f}", f"[{colour}]{a - b:+.1f}[/]", "100.0")
+        table.add_row(
+            f"relative score % ({relative.get('referee')} referee)",
+            f"{b:.1f}",
+            f"{a:.1f}",
+            f"[{colour}]{a - b:+.1f}[/]",
+            "100.0",
+        )
     init = metrics.get("student_init") or {}
     if init.get("before_heal") and init.get("after_heal"):
         b, a = init["before_heal"], init["after_heal"]
-        table.add_row("[dim]healing: KL before → after[/]", fmt(b.get("kl_per_token")), fmt(a.get("kl_per_token")), f"{a['kl_per_token'] - b['kl_per_token']:+.3f}", "")
+        table.add_row(
+            "[dim]healing: KL before → after[/]",
+            fmt(b.get("kl_per_token")),
+            fmt(a.get("kl_per_token")),
+            f"{a['kl_per_token'] - b['kl_per_token']:+.3f}",
+            "",
+        )
     train = metrics.get("train", {})
     data = metrics["data"]
     table.caption = (
@@ -86,32 +100,66 @@ def summary_table(metrics: dict) -> Table:
     forgetting = metrics.get("forgetting")
     if forgetting:
         colour = "green" if forgetting["passed"] else "bold red"
-        drops = ", ".join(f"{t} {r['primary']} {r['before']:.3f}→{r['after']:.3f}" for t, r in forgetting["tasks"].items())
+        drops = ", ".join(
+            f"{t} {r['primary']} {r['before']:.3f}→{r['after']:.3f}" for t, r in forgetting["tasks"].items()
+        )
         table.caption += f"\n[{colour}]{forgetting['verdict']}[/] ({drops}; max drop {forgetting['max_drop']})"
     return table
 
 
 def iteration_rows(metrics: dict) -> list[tuple[str, ...]]:
     """One row per loop iteration: pools, the split, generation and the held-out scores after it."""
-    rows = [("before", "", "", "", "", "", "", fmt(metrics["eval"]["before"].get("rougeL_vs_teacher")), fmt(metrics.get("relative_score", {}).get("before")))]
+    rows = [
+        (
+            "before",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            fmt(metrics["eval"]["before"].get("rougeL_vs_teacher")),
+            fmt(metrics.get("relative_score", {}).get("before")),
+        )
+    ]
     for it in metrics.get("iterations", []):
         d, g, e = it["discrimination"], it["generation"], it["eval"]
-        rows.append((
-            str(it["iteration"]), str(it["train_pool"]), str(d["refereed"]),
-            f"{d['hard']}/{d['easy']}" + (f" ({d['unparsed']} unread)" if d["unparsed"] else ""),
-            fmt(d["hard_ratio"]), f"{fmt(d['gap_mean'])} / {fmt(d['gap_median'])}",
-            "skipped (last iteration)" if g.get("skipped") else f"{g['kept']}/{g['target']} in {g['attempts']} ({g['kept_hard']}h {g['kept_easy']}e)",
-            fmt(e.get("rougeL_vs_teacher")), fmt(e.get("relative_score")),
-        ))  # fmt: skip
+        rows.append(
+            (
+                str(it["iteration"]),
+                str(it["train_pool"]),
+                str(d["refereed"]),
+                f"{d['hard']}/{d['easy']}" + (f" ({d['unparsed']} unread)" if d["unparsed"] else ""),
+                fmt(d["hard_ratio"]),
+                f"{fmt(d['gap_mean'])} / {fmt(d['gap_median'])}",
+                "skipped (last iteration)"
+                if g.get("skipped")
+                else f"{g['kept']}/{g['target']} in {g['attempts']} ({g['kept_hard']}h {g['kept_easy']}e)",
+                fmt(e.get("rougeL_vs_teacher")),
+                fmt(e.get("relative_score")),
+            )
+        )
     return rows
 
 
-ITERATION_COLUMNS = ("iteration", "train pool", "refereed", "hard/easy", "hard ratio", "gap mean / median", "generated kept/target in attempts", "ROUGE-L vs T", "relative score %")
+ITERATION_COLUMNS = (
+    "iteration",
+    "train pool",
+    "refereed",
+    "hard/easy",
+    "hard ratio",
+    "gap mean / median",
+    "generated kept/target in attempts",
+    "ROUGE-L vs T",
+    "relative score %",
+)
 
 
 def iteration_table(metrics: dict) -> Table:
     referee = metrics.get("relative_score", {}).get("referee", "")
-    table = Table(title=f"The loop, per iteration ({referee} referee; relative score = student total / teacher total on the held-out set)")
+    table = Table(
+        title=f"The loop, per iteration ({referee} referee; relative score = student total / teacher total on the held-out set)"
+    )
     for col in ITERATION_COLUMNS:
         table.add_column(col, justify="left" if col in ("iteration", "generated kept/target in attempts") else "right")
     for row in iteration_rows(metrics):
@@ -123,7 +171,8 @@ def iteration_table(metrics: dict) -> Table:
 def rejections_line(metrics: dict) -> str | None:
     """Why generated instructions were turned away, per iteration (kept out of the table to keep it narrow)."""
     per = [
-        f"{it['iteration']}: " + (", ".join(f"{k} {v}" for k, v in it["generation"]["rejected_by_reason"].items()) or "none")
+        f"{it['iteration']}: "
+        + (", ".join(f"{k} {v}" for k, v in it["generation"]["rejected_by_reason"].items()) or "none")
         for it in metrics.get("iterations", [])
         if not it["generation"].get("skipped")
     ]

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from sdk.store import RunLayout
 
@@ -60,7 +61,9 @@ def resolve(layout: RunLayout, ref: str, k: Optional[int] = None, last: Optional
 
 def _without_resumable(section: str, value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _without_resumable(f"{section}.{k}", v) for k, v in value.items() if not _resumable(f"{section}.{k}")}
+        return {
+            k: _without_resumable(f"{section}.{k}", v) for k, v in value.items() if not _resumable(f"{section}.{k}")
+        }
     return value
 
 
@@ -77,13 +80,22 @@ def section_value(recipe_dump: dict, section: str) -> Any:
 
 def fingerprint(recipe_dump: dict, sections: tuple[str, ...]) -> dict[str, str]:
     """A short hash per recipe section a stage read (resumable keys left out)."""
-    return {s: hashlib.sha256(json.dumps(section_value(recipe_dump, s), sort_keys=True, default=str).encode()).hexdigest()[:12] for s in sections}
+    return {
+        s: hashlib.sha256(json.dumps(section_value(recipe_dump, s), sort_keys=True, default=str).encode()).hexdigest()[
+            :12
+        ]
+        for s in sections
+    }
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two recipe dumps."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [k for key in sorted(old.keys() | new.keys()) for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+        return [
+            k
+            for key in sorted(old.keys() | new.keys())
+            for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        ]
     return [prefix.rstrip(".")] if old != new else []
 
 

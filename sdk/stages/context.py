@@ -21,7 +21,9 @@ class RunContext:
     def __init__(self, recipe: Recipe, pack: Pack, store: RunStore):
         self.recipe, self.pack, self.store = recipe, pack, store
         self.layout = store.layout
-        self.timings: dict[str, float] = dict(store.manifest.get("timings", {}))  # seconds per stage, kept across resumes
+        self.timings: dict[str, float] = dict(
+            store.manifest.get("timings", {})
+        )  # seconds per stage, kept across resumes
         self._models: dict[str, object] = {}
         self._budgets: dict[str, object] = {}
         self.referee_kinds()  # a referee that cannot work with these models fails before any compute
@@ -94,11 +96,17 @@ class RunContext:
             return it.student
         if it.train_metrics.is_file() and self.store.read_json(it.train_metrics).get("skipped"):
             return self.student_dir(k - 1)
-        raise DistilleryError(f"{it.student} holds no student (neither full weights nor a LoRA adapter); run `distill resume {self.store.root}` to train it again")
+        raise DistilleryError(
+            f"{it.student} holds no student (neither full weights nor a LoRA adapter); run `distill resume {self.store.root}` to train it again"
+        )
 
     def load_student(self, path: Optional[Path], tag: str) -> LocalChatModel:
-        settings = self.recipe.models.student.generation.model_copy(update={"max_new_tokens": self.recipe.eval.max_new_tokens, "batch_size": self.recipe.eval.batch_size})
-        model, tok = load_student_model(path) if path is not None else load_local(self.recipe.models.student, self.recipe.models)
+        settings = self.recipe.models.student.generation.model_copy(
+            update={"max_new_tokens": self.recipe.eval.max_new_tokens, "batch_size": self.recipe.eval.batch_size}
+        )
+        model, tok = (
+            load_student_model(path) if path is not None else load_local(self.recipe.models.student, self.recipe.models)
+        )
         return LocalChatModel(model, tok, f"student ({tag})", settings)
 
     def teacher_answers(self, k: int) -> dict[str, dict]:
@@ -117,7 +125,9 @@ class RunContext:
         if mode == "auto":
             return ["likelihood"] if self.white_box_teacher() else ["llm"]
         if mode in ("likelihood", "both") and not self.white_box_teacher():
-            raise ConfigError(f"adversarial.referee={mode} needs a local (white-box) teacher; with an endpoint teacher use 'llm'")
+            raise ConfigError(
+                f"adversarial.referee={mode} needs a local (white-box) teacher; with an endpoint teacher use 'llm'"
+            )
         return {"likelihood": ["likelihood"], "llm": ["llm"], "both": ["llm", "likelihood"]}[mode]
 
     def referee(self, kind: str):
@@ -132,7 +142,9 @@ class RunContext:
         results = {}
         for kind in self.referee_kinds():
             journal = self.store.journal(referee_journal(verdicts_file, kind))
-            results[kind] = self.referee(kind).score(pairs, journal=journal, description=f"{description} ({kind} referee)")
+            results[kind] = self.referee(kind).score(
+                pairs, journal=journal, description=f"{description} ({kind} referee)"
+            )
         return results
 
     def remove_referee_journals(self, verdicts_file: Path) -> None:
@@ -178,7 +190,9 @@ def resolve_recipe(recipe: Recipe, pack: Pack) -> Recipe:
     tau = adv.tau if adv.tau is not None else pack.spec.referee.tau
     max_drop = f.max_drop if f.max_drop is not None else pack.spec.forgetting.max_drop
     tasks = resolve_tasks(f.tasks, pack.spec.forgetting.tasks, local_only=f.local_only) if f.enabled else f.tasks
-    return recipe.model_copy(update={
-        "adversarial": adv.model_copy(update={"tau": tau}),
-        "forgetting": f.model_copy(update={"max_drop": max_drop, "tasks": tasks}),
-    })  # fmt: skip
+    return recipe.model_copy(
+        update={
+            "adversarial": adv.model_copy(update={"tau": tau}),
+            "forgetting": f.model_copy(update={"max_drop": max_drop, "tasks": tasks}),
+        }
+    )

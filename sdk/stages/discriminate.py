@@ -15,7 +15,13 @@ SPLIT_KEEP = ("id", "instruction", "subarea", "task_type", "source", "provenance
 
 def split_row(source: dict, verdict: dict) -> dict:
     """A hard or easy row: the instruction with its verdict."""
-    return {**{k: source.get(k) for k in SPLIT_KEEP}, "gap": verdict["gap"], "teacher_score": verdict["teacher_score"], "student_score": verdict["student_score"], "hard_because": verdict["hard_because"]}
+    return {
+        **{k: source.get(k) for k in SPLIT_KEEP},
+        "gap": verdict["gap"],
+        "teacher_score": verdict["teacher_score"],
+        "student_score": verdict["student_score"],
+        "hard_because": verdict["hard_because"],
+    }
 
 
 def refereed_candidates(ctx, k: int, cache_pool: list[dict], teacher: dict) -> list[dict]:
@@ -37,10 +43,17 @@ def student_answers(ctx, k: int, candidates: list[dict]) -> list[dict]:
     def to_row(i: int, out) -> dict:
         row = candidates[i]
         answer = "" if isinstance(out, BaseException) else clean_answer(out)
-        return {"id": row["id"], "instruction": row["instruction"], "answer": answer, "provenance": dict(row["provenance"], stage="student_answer", model=student.name)}
+        return {
+            "id": row["id"],
+            "instruction": row["instruction"],
+            "answer": answer,
+            "provenance": dict(row["provenance"], stage="student_answer", model=student.name),
+        }
 
     convs = answer_conversations(ctx.pack.spec.system_prompt, [r["instruction"] for r in candidates])
-    student.generate_journaled([r["id"] for r in candidates], convs, journal, to_row, f"student answers cache pool (iteration {k})")
+    student.generate_journaled(
+        [r["id"] for r in candidates], convs, journal, to_row, f"student answers cache pool (iteration {k})"
+    )
     return [journal.done[r["id"]] for r in candidates]
 
 
@@ -53,7 +66,9 @@ def run(ctx, k: int):
     candidates = refereed_candidates(ctx, k, cache_pool, teacher)
     answered = student_answers(ctx, k, candidates)
 
-    pairs = [Pair(r["id"], r["instruction"], teacher[r["id"]]["answer"], s["answer"]) for r, s in zip(candidates, answered)]
+    pairs = [
+        Pair(r["id"], r["instruction"], teacher[r["id"]]["answer"], s["answer"]) for r, s in zip(candidates, answered)
+    ]
     verdicts = ctx.run_referees(pairs, it.referee, f"referee scores cache pool (iteration {k})")
     kinds = ctx.referee_kinds()
     by_id = {r["id"]: r for r in candidates}
@@ -63,17 +78,35 @@ def run(ctx, k: int):
         rules[kind] = split_hard_easy(rows, tau, adv.severe_findings_hard)
         for row in rows:
             src = by_id[row["id"]]
-            row.update(subarea=src.get("subarea"), task_type=src.get("task_type"), source=src.get("source"), tau=tau, rubric=criteria)
-            row["provenance"] = dict(src["provenance"], stage="referee", model=row.get("model", f"{ctx.name('teacher')} (likelihood)"))
+            row.update(
+                subarea=src.get("subarea"),
+                task_type=src.get("task_type"),
+                source=src.get("source"),
+                tau=tau,
+                rubric=criteria,
+            )
+            row["provenance"] = dict(
+                src["provenance"], stage="referee", model=row.get("model", f"{ctx.name('teacher')} (likelihood)")
+            )
     primary = verdicts[kinds[0]]
     hard = [split_row(by_id[r["id"]], r) for r in primary if r["hard"] is True]
     easy = [split_row(by_id[r["id"]], r) for r in primary if r["hard"] is False]
     without_answer = len(cache_pool) - len(teacher.keys() & {r["id"] for r in cache_pool})
-    stats = dict(gap_stats(primary), tau=tau, split_rule=rules[kinds[0]], referee=kinds[0], criteria=criteria, cache_pool=len(cache_pool), without_teacher_answer=without_answer)
+    stats = dict(
+        gap_stats(primary),
+        tau=tau,
+        split_rule=rules[kinds[0]],
+        referee=kinds[0],
+        criteria=criteria,
+        cache_pool=len(cache_pool),
+        without_teacher_answer=without_answer,
+    )
     if len(kinds) > 1:
         stats["agreement"] = agreement(primary, verdicts[kinds[1]])
         stats[kinds[1]] = gap_stats(verdicts[kinds[1]])
-    log(f"{it.dir.name}: {stats['hard']} hard, {stats['easy']} easy, {stats['unparsed']} unparsed; mean gap {stats['gap_mean']}; split by {stats['split_rule']}")
+    log(
+        f"{it.dir.name}: {stats['hard']} hard, {stats['easy']} easy, {stats['unparsed']} unparsed; mean gap {stats['gap_mean']}; split by {stats['split_rule']}"
+    )
     outputs = [
         ctx.store.write_jsonl(it.student_answers, answered),
         ctx.store.write_jsonl(it.referee, primary),
@@ -89,8 +122,25 @@ def run(ctx, k: int):
 
 
 STAGE = Stage(
-    "discriminate", run, per_iteration=True,
+    "discriminate",
+    run,
+    per_iteration=True,
     reads=("iteration.cache_pool", "iteration.teacher", "iteration.student"),
-    writes=("iteration.student_answers", "iteration.referee", "iteration.hard", "iteration.easy", "iteration.discrimination"),
-    recipe=("seed", "domain", "adversarial.max_refereed", "adversarial.tau", "adversarial.severe_findings_hard", "adversarial.referee", "models.referee", "eval"),
-)  # fmt: skip
+    writes=(
+        "iteration.student_answers",
+        "iteration.referee",
+        "iteration.hard",
+        "iteration.easy",
+        "iteration.discrimination",
+    ),
+    recipe=(
+        "seed",
+        "domain",
+        "adversarial.max_refereed",
+        "adversarial.tau",
+        "adversarial.severe_findings_hard",
+        "adversarial.referee",
+        "models.referee",
+        "eval",
+    ),
+)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from sdk.rows import provenance
 from sdk.models.chat import answer_conversations, clean_answer
 from sdk.models.local import LocalChatModel
+from sdk.rows import provenance
 from sdk.stages.base import Stage
 from sdk.store import referee_file
 
@@ -33,7 +33,9 @@ def fidelity_start(ctx) -> Optional[float]:
     record = ctx.store.read_json(layout.student_init) if layout.student_init.is_file() else {}
     if record.get("before_heal"):
         return record["before_heal"].get("kl_per_token")
-    return ctx.store.read_json(layout.eval.before)["summary"].get("kl_per_token") if layout.eval.before.is_file() else None
+    return (
+        ctx.store.read_json(layout.eval.before)["summary"].get("kl_per_token") if layout.eval.before.is_file() else None
+    )
 
 
 def fidelity_summary(ctx, student: LocalChatModel) -> dict:
@@ -41,14 +43,26 @@ def fidelity_summary(ctx, student: LocalChatModel) -> dict:
     held-out chunks; None where the teacher is an endpoint (no logits)."""
     from sdk.evaluate.fidelity import fidelity, gap_closed, perplexity
 
-    empty = {"kl_per_token": None, "top1_agreement": None, "student_ppl": None, "kl_gap_closed": None, "domain_ppl": None}
+    empty = {
+        "kl_per_token": None,
+        "top1_agreement": None,
+        "student_ppl": None,
+        "kl_gap_closed": None,
+        "domain_ppl": None,
+    }
     if not ctx.white_box_teacher():
         return dict(empty, fidelity="unavailable: the teacher is an endpoint (no logits)")
     teacher_rows = [r for r in ctx.store.read_jsonl(ctx.layout.eval.teacher) if r["status"] == "ok" and r.get("answer")]
     if student.tokenizer.get_vocab() != ctx.teacher.tokenizer.get_vocab():
         return dict(empty, fidelity="unavailable: the teacher's tokenizer differs from the student's")
     convs = answer_conversations(ctx.pack.spec.system_prompt, [r["instruction"] for r in teacher_rows])
-    result = fidelity(ctx.teacher.model, student.model, student.tokenizer, [ctx.teacher.render(c) for c in convs], [r["answer"] for r in teacher_rows])
+    result = fidelity(
+        ctx.teacher.model,
+        student.model,
+        student.tokenizer,
+        [ctx.teacher.render(c) for c in convs],
+        [r["answer"] for r in teacher_rows],
+    )
     summary = {k: result["summary"][k] for k in ("kl_per_token", "top1_agreement", "student_ppl")}
     summary["kl_gap_closed"] = gap_closed(fidelity_start(ctx), summary["kl_per_token"])
     heldout = ctx.heldout_texts()
@@ -65,9 +79,17 @@ def evaluate_student(ctx, student_path: Optional[Path], tag: str, files: EvalFil
     eval_rows = ctx.eval_rows()
     system = ctx.pack.spec.system_prompt
     student = ctx.load_student(student_path, tag)
-    answers = student.generate(answer_conversations(system, [r["instruction"] for r in eval_rows]), description=f"student answers eval set ({tag})")
+    answers = student.generate(
+        answer_conversations(system, [r["instruction"] for r in eval_rows]),
+        description=f"student answers eval set ({tag})",
+    )
     out = [
-        {"id": row["id"], "instruction": row["instruction"], "answer": clean_answer(answer), "provenance": eval_provenance(ctx, f"eval_{tag}", student.name)}
+        {
+            "id": row["id"],
+            "instruction": row["instruction"],
+            "answer": clean_answer(answer),
+            "provenance": eval_provenance(ctx, f"eval_{tag}", student.name),
+        }
         for row, answer in zip(eval_rows, answers)
     ]
     for row in out:
@@ -79,7 +101,11 @@ def evaluate_student(ctx, student_path: Optional[Path], tag: str, files: EvalFil
         for row, ll in zip(out, ctx.teacher.loglik(convs, [r["answer"] for r in out])):
             row["teacher_loglik"] = ll
     teacher = {r["id"]: r for r in ctx.store.read_jsonl(ctx.layout.eval.teacher)}
-    pairs = [Pair(r["id"], r["instruction"], teacher[r["id"]]["answer"], r["answer"]) for r in out if teacher[r["id"]]["status"] == "ok"]
+    pairs = [
+        Pair(r["id"], r["instruction"], teacher[r["id"]]["answer"], r["answer"])
+        for r in out
+        if teacher[r["id"]]["status"] == "ok"
+    ]
     verdicts = ctx.run_referees(pairs, files.referee, f"referee scores eval set ({tag})")
     primary = ctx.referee_kinds()[0]
     for kind, rows in verdicts.items():
@@ -91,11 +117,16 @@ def evaluate_student(ctx, student_path: Optional[Path], tag: str, files: EvalFil
     domain = score_answers(eval_rows, {r["id"]: r["answer"] for r in out}, teacher_answers, ll)
     summary = dict(fidelity, **degeneration_summary([r["answer"] for r in out]))
     summary.update({k: v for k, v in domain["summary"].items() if k != "empty_answers"})
-    summary.update(relative_score=relative_score(verdicts[primary]), referee=primary, **score_summary(verdicts[primary]))
+    summary.update(
+        relative_score=relative_score(verdicts[primary]), referee=primary, **score_summary(verdicts[primary])
+    )
     for kind, rows in verdicts.items():
         summary[f"relative_score_{kind}"] = relative_score(rows)
     ctx.remove_referee_journals(files.referee)
-    return [ctx.store.write_jsonl(files.answers, out), ctx.store.write_json(files.summary, {"summary": summary, "items": domain["items"]})]
+    return [
+        ctx.store.write_jsonl(files.answers, out),
+        ctx.store.write_json(files.summary, {"summary": summary, "items": domain["items"]}),
+    ]
 
 
 def run_before(ctx):
@@ -105,9 +136,24 @@ def run_before(ctx):
 
 def run_iteration(ctx, k: int):
     it = ctx.layout.iteration(k)
-    return evaluate_student(ctx, ctx.student_dir(k), f"after iteration {k}", EvalFiles(it.eval_student, it.eval_referee, it.eval))
+    return evaluate_student(
+        ctx, ctx.student_dir(k), f"after iteration {k}", EvalFiles(it.eval_student, it.eval_referee, it.eval)
+    )
 
 
 _EVAL_RECIPE = ("domain", "data.max_eval", "eval", "models.student.generation", "adversarial.referee", "models.referee")
-BEFORE = Stage("eval_before", run_before, reads=("eval.teacher", "student_init"), writes=("eval.student_before", "eval.referee_before", "eval.before"), recipe=_EVAL_RECIPE)
-ITERATION = Stage("eval", run_iteration, per_iteration=True, reads=("eval.teacher", "iteration.student"), writes=("iteration.eval_student", "iteration.eval_referee", "iteration.eval"), recipe=_EVAL_RECIPE)
+BEFORE = Stage(
+    "eval_before",
+    run_before,
+    reads=("eval.teacher", "student_init"),
+    writes=("eval.student_before", "eval.referee_before", "eval.before"),
+    recipe=_EVAL_RECIPE,
+)
+ITERATION = Stage(
+    "eval",
+    run_iteration,
+    per_iteration=True,
+    reads=("eval.teacher", "iteration.student"),
+    writes=("iteration.eval_student", "iteration.eval_referee", "iteration.eval"),
+    recipe=_EVAL_RECIPE,
+)

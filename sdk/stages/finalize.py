@@ -49,18 +49,31 @@ def student_init_metrics(ctx) -> dict:
     record = ctx.store.read_json(ctx.layout.student_init)
     heal = record.get("heal") or {}
     keys = ("steps", "train_loss", "runtime_s", "sequences", "corpus_chunks", "general_texts", "loss_history")
-    return {"prune": record.get("prune"), "heal": {k: heal.get(k) for k in keys} if heal else None, "before_heal": record.get("before_heal"), "after_heal": record.get("after_heal"), "path": record.get("path")}
+    return {
+        "prune": record.get("prune"),
+        "heal": {k: heal.get(k) for k in keys} if heal else None,
+        "before_heal": record.get("before_heal"),
+        "after_heal": record.get("after_heal"),
+        "path": record.get("path"),
+    }
 
 
 def training_totals(iterations: list[dict]) -> dict:
     history, offset = [], 0
     for m in iterations:
         for h in m["train"].get("loss_history", []):
-            history.append({"step": h["step"] + offset, "loss": h["loss"], "iteration": m["iteration"], "stage": h["stage"]})
+            history.append(
+                {"step": h["step"] + offset, "loss": h["loss"], "iteration": m["iteration"], "stage": h["stage"]}
+            )
         offset += m["train"].get("steps", 0)
     first = [m["train"].get("first_logged_loss") for m in iterations if m["train"].get("first_logged_loss") is not None]
     last = [m["train"].get("last_logged_loss") for m in iterations if m["train"].get("last_logged_loss") is not None]
-    return {"steps": offset, "first_logged_loss": first[0] if first else None, "last_logged_loss": last[-1] if last else None, "loss_history": history}
+    return {
+        "steps": offset,
+        "first_logged_loss": first[0] if first else None,
+        "last_logged_loss": last[-1] if last else None,
+        "loss_history": history,
+    }
 
 
 def forgetting_metrics(ctx) -> dict:
@@ -68,7 +81,15 @@ def forgetting_metrics(ctx) -> dict:
         return {}
     record = ctx.store.read_json(ctx.layout.eval.forgetting)
     gate = record["gate"]
-    keep = {"passed": gate["passed"], "verdict": gate["verdict"], "max_drop": gate["max_drop"], "replay_fraction": record["replay_fraction"], "limit": record["limit"], "hint": record["hint"], "tasks": gate["tasks"]}
+    keep = {
+        "passed": gate["passed"],
+        "verdict": gate["verdict"],
+        "max_drop": gate["max_drop"],
+        "replay_fraction": record["replay_fraction"],
+        "limit": record["limit"],
+        "hint": record["hint"],
+        "tasks": gate["tasks"],
+    }
     return {"forgetting": keep, "checks": {"forgetting": "passed" if gate["passed"] else "failed forgetting check"}}
 
 
@@ -83,7 +104,11 @@ def run(ctx):
     eval_rows = ctx.eval_rows()
     teacher_answers = {r["id"]: (r.get("answer") or "") for r in ctx.store.read_jsonl(layout.eval.teacher)}
     before, after = ctx.store.read_json(layout.eval.before), ctx.store.read_json(layout.iteration(last).eval)
-    domain = {"before": before, "after": after, "teacher_vs_reference": score_answers(eval_rows, teacher_answers, teacher_answers)["summary"]}
+    domain = {
+        "before": before,
+        "after": after,
+        "teacher_vs_reference": score_answers(eval_rows, teacher_answers, teacher_answers)["summary"],
+    }
     ctx.store.write_json(layout.eval.domain, domain)
 
     iterations = [iteration_metrics(ctx, k) for k in range(last + 1)]
@@ -106,9 +131,18 @@ def run(ctx):
             "eval_prompts": len(eval_rows),
         },
         "train": training_totals(iterations),
-        "eval": {"before": before["summary"], "after": after["summary"], "teacher": ctx.store.read_json(layout.eval.teacher_summary)["summary"], "teacher_vs_reference": domain["teacher_vs_reference"]},
+        "eval": {
+            "before": before["summary"],
+            "after": after["summary"],
+            "teacher": ctx.store.read_json(layout.eval.teacher_summary)["summary"],
+            "teacher_vs_reference": domain["teacher_vs_reference"],
+        },
         "student_init": student_init_metrics(ctx),
-        "relative_score": {"referee": ctx.referee_kinds()[0], "before": before["summary"]["relative_score"], "per_iteration": [m["eval"]["relative_score"] for m in iterations]},
+        "relative_score": {
+            "referee": ctx.referee_kinds()[0],
+            "before": before["summary"]["relative_score"],
+            "per_iteration": [m["eval"]["relative_score"] for m in iterations],
+        },
         "iterations": iterations,
         "timings_s": ctx.timings,
         **forgetting_metrics(ctx),
@@ -119,8 +153,21 @@ def run(ctx):
 
 
 STAGE = Stage(
-    "finalize", run,
-    reads=("knowledge", "student_init", "eval.teacher", "eval.teacher_summary", "eval.before", "eval.forgetting", "first.synthesized", "every.eval", "every.train_metrics", "every.discrimination", "last.student"),
+    "finalize",
+    run,
+    reads=(
+        "knowledge",
+        "student_init",
+        "eval.teacher",
+        "eval.teacher_summary",
+        "eval.before",
+        "eval.forgetting",
+        "first.synthesized",
+        "every.eval",
+        "every.train_metrics",
+        "every.discrimination",
+        "last.student",
+    ),
     writes=("eval.domain", "eval.student_after", "metrics", "report", "student"),
     recipe=("domain",),
-)  # fmt: skip
+)

@@ -32,10 +32,24 @@ def run_after(ctx):
     f = ctx.recipe.forgetting
     after = general_scores(ctx, ctx.student_dir(ctx.recipe.adversarial.iterations - 1), "after")
     before = ctx.store.read_json(ctx.layout.eval.forgetting_before)
-    record = forgetting_record(before, after, f.max_drop, replay_fraction=ctx.recipe.train.replay_fraction, limit=f.limit)
+    record = forgetting_record(
+        before, after, f.max_drop, replay_fraction=ctx.recipe.train.replay_fraction, limit=f.limit
+    )
     log(("[green]" if record["gate"]["passed"] else "[bold red]") + record["gate"]["verdict"] + "[/]")
     return [ctx.store.write_json(ctx.layout.eval.forgetting, record)]
 
 
-BEFORE = Stage("forgetting_before", run_before, reads=("student_init",), writes=("eval.forgetting_before",), recipe=("forgetting", "models.student"))
-AFTER = Stage("forgetting_after", run_after, reads=("eval.forgetting_before", "last.student"), writes=("eval.forgetting",), recipe=("forgetting", "train.replay_fraction"))
+BEFORE = Stage(
+    "forgetting_before",
+    run_before,
+    reads=("student_init",),
+    writes=("eval.forgetting_before",),
+    recipe=("forgetting", "models.student"),
+)
+AFTER = Stage(
+    "forgetting_after",
+    run_after,
+    reads=("eval.forgetting_before", "last.student"),
+    writes=("eval.forgetting",),
+    recipe=("forgetting", "train.replay_fraction"),
+)

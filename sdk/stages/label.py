@@ -3,7 +3,7 @@ pays twice); an instruction it answered in an earlier iteration is reused, not a
 
 from __future__ import annotations
 
-from sdk.curation.labeling import label_rows
+from sdk.curation.labeling import Teacher, label_rows
 from sdk.stages.base import Stage
 
 
@@ -13,7 +13,8 @@ def run(ctx, k: int):
     earlier = ctx.teacher_answers(k - 1) if k > 0 else {}
     journal = ctx.store.journal(it.teacher_journal)
     use_context = ctx.recipe.curation.teacher_context == "passage"
-    fresh = label_rows([r for r in pool if r["id"] not in earlier], ctx.teacher, ctx.name("teacher"), ctx.pack.spec.system_prompt, journal, use_context=use_context, budget=ctx.budget("teacher"))
+    teacher = Teacher(ctx.teacher, ctx.name("teacher"), ctx.pack.spec.system_prompt, use_context)
+    fresh = label_rows([r for r in pool if r["id"] not in earlier], teacher, journal, budget=ctx.budget("teacher"))
     answers = {r["id"]: r for r in fresh}
 
     def reused(r: dict) -> dict:
@@ -26,6 +27,10 @@ def run(ctx, k: int):
 
 
 STAGE = Stage(
-    "label", run, per_iteration=True, reads=("iteration.train_pool", "previous.teacher"), writes=("iteration.teacher",),
+    "label",
+    run,
+    per_iteration=True,
+    reads=("iteration.train_pool", "previous.teacher"),
+    writes=("iteration.teacher",),
     recipe=("domain", "models.teacher", "curation.teacher_context"),
-)  # fmt: skip
+)

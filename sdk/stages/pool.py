@@ -1,8 +1,8 @@
 """Stage `<iter>/pool`: what the student learns from in this iteration, and everything asked so far.
 
-    iteration 0   train pool = the pack's seeds (each linked to its nearest corpus chunk) + the synthesised
-    iteration k   train pool = what iteration k-1 generated + carried earlier instructions (no new teacher calls)
-    both          + a replay_fraction share of general instructions; cache pool = every instruction so far
+iteration 0   train pool = the pack's seeds (each linked to its nearest corpus chunk) + the synthesised
+iteration k   train pool = what iteration k-1 generated + carried earlier instructions (no new teacher calls)
+both          + a replay_fraction share of general instructions; cache pool = every instruction so far
 """
 
 from __future__ import annotations
@@ -27,8 +27,15 @@ def ground_seeds(ctx, seeds: list[dict]) -> list[dict]:
         if passage:
             p = passage[0]
             link = {"chunk_id": p.chunk_id, "document": p.document, "score": round(p.score, 4)}
-            prov = {"document": p.document, "chunk_id": p.chunk_id, "stage": "seed_grounding", "model": ctx.recipe.knowledge.embedder}
-            found.append({"id": row["id"], "instruction": row["instruction"], **link, "text": p.text, "provenance": prov})
+            prov = {
+                "document": p.document,
+                "chunk_id": p.chunk_id,
+                "stage": "seed_grounding",
+                "model": ctx.recipe.knowledge.embedder,
+            }
+            found.append(
+                {"id": row["id"], "instruction": row["instruction"], **link, "text": p.text, "provenance": prov}
+            )
             row = dict(row, provenance=dict(row["provenance"], grounding=link))
         grounded.append(row)
     ctx.store.write_jsonl(ctx.layout.iteration(0).seed_grounding, found)
@@ -41,8 +48,11 @@ def carried_rows(ctx, k: int, n_new: int) -> list[dict]:
     n = round(ctx.recipe.adversarial.carry_fraction * n_new)
     answered = ctx.teacher_answers(k - 1)
     earlier = {
-        r["id"]: r for j in range(k) for r in ctx.store.read_jsonl(ctx.layout.iteration(j).train_pool) if r.get("source") not in ("replay", "carried") and r["id"] in answered
-    }  # fmt: skip
+        r["id"]: r
+        for j in range(k)
+        for r in ctx.store.read_jsonl(ctx.layout.iteration(j).train_pool)
+        if r.get("source") not in ("replay", "carried") and r["id"] in answered
+    }
     picked = random.Random(f"{ctx.recipe.seed}:carry:{k}").sample(sorted(earlier), min(n, len(earlier)))
     return [dict(earlier[i], source="carried", origin=earlier[i].get("source")) for i in sorted(picked)]
 
@@ -50,7 +60,9 @@ def carried_rows(ctx, k: int, n_new: int) -> list[dict]:
 def run(ctx, k: int):
     it = ctx.layout.iteration(k)
     if k == 0:
-        seeds = ground_seeds(ctx, [dict(r, source="seed") for r in seed_pool(ctx.pack, ctx.recipe.data.max_seeds, ctx.recipe.seed)])
+        seeds = ground_seeds(
+            ctx, [dict(r, source="seed") for r in seed_pool(ctx.pack, ctx.recipe.data.max_seeds, ctx.recipe.seed)]
+        )
         synthesized = [dict(r, source="synthesized") for r in ctx.store.read_jsonl(it.synthesized)]
         train_pool = seeds + synthesized
         cache_pool = train_pool
@@ -69,8 +81,24 @@ def run(ctx, k: int):
 
 
 STAGE = Stage(
-    "pool", run, per_iteration=True,
-    reads=("knowledge", "first.synthesized", "previous.generated", "previous.cache_pool", "previous.train_pool", "previous.teacher"),
+    "pool",
+    run,
+    per_iteration=True,
+    reads=(
+        "knowledge",
+        "first.synthesized",
+        "previous.generated",
+        "previous.cache_pool",
+        "previous.train_pool",
+        "previous.teacher",
+    ),
     writes=("iteration.train_pool", "iteration.cache_pool", "first.seed_grounding"),
-    recipe=("seed", "domain", "data.max_seeds", "knowledge.embedder", "adversarial.carry_fraction", "train.replay_fraction"),
-)  # fmt: skip
+    recipe=(
+        "seed",
+        "domain",
+        "data.max_seeds",
+        "knowledge.embedder",
+        "adversarial.carry_fraction",
+        "train.replay_fraction",
+    ),
+)

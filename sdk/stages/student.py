@@ -54,7 +54,9 @@ def measure(teacher_model, student_model, tokenizer, inputs: StudentInputs) -> d
     from sdk.evaluate.fidelity import fidelity, perplexity
 
     out = dict(fidelity(teacher_model, student_model, tokenizer, inputs.eval_prompts, inputs.eval_answers)["summary"])
-    out["domain_ppl"] = perplexity(student_model, tokenizer, inputs.heldout_chunks)["ppl"] if inputs.heldout_chunks else None
+    out["domain_ppl"] = (
+        perplexity(student_model, tokenizer, inputs.heldout_chunks)["ppl"] if inputs.heldout_chunks else None
+    )
     return out
 
 
@@ -68,7 +70,11 @@ def general_texts(teacher, tokenizer, n: int, seed: int) -> list[str]:
         return []
     convs = answer_conversations(GENERAL_SYSTEM, [r["instruction"] for r in rows])
     answers = teacher.generate(convs, description="teacher answers general text for healing")
-    return [tokenizer.apply_chat_template(c + [{"role": "assistant", "content": a}], tokenize=False) for c, a in zip(convs, answers) if a.strip()]
+    return [
+        tokenizer.apply_chat_template(c + [{"role": "assistant", "content": a}], tokenize=False)
+        for c, a in zip(convs, answers)
+        if a.strip()
+    ]
 
 
 @dataclass(frozen=True)
@@ -88,20 +94,41 @@ def build(settings: StudentSettings, inputs: StudentInputs, teacher, teacher_nam
     `teacher` is the loaded teacher chat model (LocalChatModel), or None for an endpoint teacher.
     Returns the record written to student_init.json.
     """
-    models, heal, seed, train, private_dir = settings.models, settings.heal, settings.seed, settings.train, settings.private_dir
+    models, heal, seed, train, private_dir = (
+        settings.models,
+        settings.heal,
+        settings.seed,
+        settings.train,
+        settings.private_dir,
+    )
     from sdk.models import describe, load_local
-    from sdk.models.prune import choose_layers, prune_layers, target_layers
+    from sdk.models.prune import PrunePlan, choose_layers, prune_layers, target_layers
 
     spec = models.student
-    record: dict = {"student": describe(spec, models), "teacher": teacher_name, "path": None, "prune": None, "heal": None}
+    record: dict = {
+        "student": describe(spec, models),
+        "teacher": teacher_name,
+        "path": None,
+        "prune": None,
+        "heal": None,
+    }
     white_box = teacher is not None and hasattr(teacher, "model")
     if spec.provider == "pruned":
         base_spec = getattr(models, spec.base)
         model, tokenizer = load_local(base_spec.model_copy(update={"dtype": spec.dtype}), models)
         base_layers = model.config.num_hidden_layers
-        n_keep = target_layers(base_layers, spec.num_layers, spec.keep_ratio) if spec.keep_layers is None and spec.prune_method != "every_k" else base_layers
+        n_keep = (
+            target_layers(base_layers, spec.num_layers, spec.keep_ratio)
+            if spec.keep_layers is None and spec.prune_method != "every_k"
+            else base_layers
+        )
         calibration = inputs.train_chunks[: spec.calibration_chunks]
-        prune = choose_layers(model, tokenizer, spec.prune_method, n_keep, calibration, spec.keep_every, spec.keep_layers, spec.calibration_tokens)
+        prune = choose_layers(
+            model,
+            tokenizer,
+            PrunePlan(spec.prune_method, n_keep, spec.keep_every, spec.keep_layers, spec.calibration_tokens),
+            calibration,
+        )
         prune_layers(model, prune.kept)
         record["prune"] = prune.as_dict()
         base_id = describe(base_spec, models)
@@ -116,42 +143,64 @@ def build(settings: StudentSettings, inputs: StudentInputs, teacher, teacher_nam
 
     same_vocab = white_box and teacher.tokenizer.get_vocab() == tokenizer.get_vocab()
     if white_box and not same_vocab:
-        log("[yellow]the teacher's tokenizer differs from the student's: no healing and no fidelity figures (they compare next-token distributions over one vocabulary)[/yellow]")
+        log(
+            "[yellow]the teacher's tokenizer differs from the student's: no healing and no fidelity figures (they compare next-token distributions over one vocabulary)[/yellow]"
+        )
     if same_vocab:
         record["before_heal"] = measure(teacher.model, model, tokenizer, inputs)
-        log(f"student before healing: KL {record['before_heal']['kl_per_token']} nats/token, top-1 {record['before_heal']['top1_agreement']}, domain ppl {record['before_heal']['domain_ppl']}")
+        log(
+            f"student before healing: KL {record['before_heal']['kl_per_token']} nats/token, top-1 {record['before_heal']['top1_agreement']}, domain ppl {record['before_heal']['domain_ppl']}"
+        )
 
     healing = heal.steps > 0 and same_vocab
-    key = _sha({
-        "version": VERSION, "base": base_id, "teacher": teacher_name if healing else None,
-        "kept": record["prune"]["kept"] if record["prune"] else None,
-        "calibration": _sha(inputs.train_chunks[: spec.calibration_chunks]) if record["prune"] else None,
-        "heal": heal.model_dump(exclude={"cache"}) if healing else None,
-        "heal_text": _sha(inputs.train_chunks) if healing else None, "seed": seed if healing else None, "dtype": spec.dtype,
-    })[:16]  # fmt: skip
+    key = _sha(
+        {
+            "version": VERSION,
+            "base": base_id,
+            "teacher": teacher_name if healing else None,
+            "kept": record["prune"]["kept"] if record["prune"] else None,
+            "calibration": _sha(inputs.train_chunks[: spec.calibration_chunks]) if record["prune"] else None,
+            "heal": heal.model_dump(exclude={"cache"}) if healing else None,
+            "heal_text": _sha(inputs.train_chunks) if healing else None,
+            "seed": seed if healing else None,
+            "dtype": spec.dtype,
+        }
+    )[:16]
     target = (student_cache_dir() if heal.cache or private_dir is None else Path(private_dir)) / key
     if not healing:
         target = _build(target, heal.cache, lambda out: _save(model, tokenizer, out, record["prune"]))
     elif heal.cache and (target / ".complete").is_file():
-        log(f"reusing the healed student from the cache: {target} (key {key}; same teacher, pruning, corpus, heal settings and seed)")
+        log(
+            f"reusing the healed student from the cache: {target} (key {key}; same teacher, pruning, corpus, heal settings and seed)"
+        )
     else:
+
         def build(out: Path) -> None:
             from sdk.train.heal import RECORD_FILE, heal_texts
 
             n_general = round(heal.steps * heal.batch_size * heal.general_fraction)
-            general = general_texts(teacher, tokenizer, min(n_general, GENERAL_MAX), seed) if n_general else []  # cycled to fill the share
+            general = (
+                general_texts(teacher, tokenizer, min(n_general, GENERAL_MAX), seed) if n_general else []
+            )  # cycled to fill the share
             texts = heal_texts(inputs.train_chunks, general, heal, seed)
-            log(f"healing the student: {heal.steps} steps of {'forward KL' if heal.beta == 0 else f'generalized JSD (beta {heal.beta})'} on {len(texts)} sequences ({len(inputs.train_chunks)} corpus chunks, {len(general)} general texts)")
+            log(
+                f"healing the student: {heal.steps} steps of {'forward KL' if heal.beta == 0 else f'generalized JSD (beta {heal.beta})'} on {len(texts)} sequences ({len(inputs.train_chunks)} corpus chunks, {len(general)} general texts)"
+            )
             work = out.parent / f".{key}.work"  # checkpoints: a killed build resumes here
             if train is not None and train.launcher.kind != "local":
                 init = _save_once(model, tokenizer, work / "pruned")  # a resumed build reuses it
-                _heal_launched(Recipe(models=models, heal=heal, train=train, seed=seed), init, teacher.model, out, texts)
+                _heal_launched(
+                    Recipe(models=models, heal=heal, train=train, seed=seed), init, teacher.model, out, texts
+                )
             else:
-                from sdk.train.heal import HealJob, heal as heal_student
+                from sdk.train.heal import HealJob
+                from sdk.train.heal import heal as heal_student
 
                 heal_student(model, teacher.model, tokenizer, HealJob(texts, heal, work / "checkpoints", out, seed))
             info = json.loads((out / RECORD_FILE).read_text())
-            (out / RECORD_FILE).write_text(json.dumps(dict(info, corpus_chunks=len(inputs.train_chunks), general_texts=len(general))))
+            (out / RECORD_FILE).write_text(
+                json.dumps(dict(info, corpus_chunks=len(inputs.train_chunks), general_texts=len(general)))
+            )
             if record["prune"]:
                 (out / "prune.json").write_text(json.dumps(record["prune"], indent=2))
             shutil.rmtree(work, ignore_errors=True)
@@ -164,7 +213,9 @@ def build(settings: StudentSettings, inputs: StudentInputs, teacher, teacher_nam
         record["heal"] = dict(json.loads((target / "heal.json").read_text()), settings=heal.model_dump())
         healed = AutoModelForCausalLM.from_pretrained(target).to(teacher.model.device)
         record["after_heal"] = measure(teacher.model, healed, tokenizer, inputs)
-        log(f"student after healing: KL {record['after_heal']['kl_per_token']} nats/token, top-1 {record['after_heal']['top1_agreement']}, domain ppl {record['after_heal']['domain_ppl']}")
+        log(
+            f"student after healing: KL {record['after_heal']['kl_per_token']} nats/token, top-1 {record['after_heal']['top1_agreement']}, domain ppl {record['after_heal']['domain_ppl']}"
+        )
     return record
 
 
@@ -235,6 +286,18 @@ def run(ctx):
 
 
 STAGE = Stage(
-    "student", run, reads=("knowledge", "eval.teacher"), writes=("student_init",),
-    recipe=("seed", "domain", "models.student", "models.teacher", "heal", "eval.heldout_chunks", "train.launcher", "train.deepspeed"),
-)  # fmt: skip
+    "student",
+    run,
+    reads=("knowledge", "eval.teacher"),
+    writes=("student_init",),
+    recipe=(
+        "seed",
+        "domain",
+        "models.student",
+        "models.teacher",
+        "heal",
+        "eval.heldout_chunks",
+        "train.launcher",
+        "train.deepspeed",
+    ),
+)

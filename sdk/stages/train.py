@@ -21,17 +21,24 @@ def write_dpo_pairs(ctx, k: int, rows: list[dict], init: Optional[Path]) -> None
         return
     rows = [r for r in rows if r.get("source") != "replay"]
     if mode == "teacher_over_student" and k > 0:
-        out = pairs.teacher_over_student([r for r in ctx.store.read_jsonl(ctx.layout.iteration(k - 1).referee) if r["hard"]])
+        out = pairs.teacher_over_student(
+            [r for r in ctx.store.read_jsonl(ctx.layout.iteration(k - 1).referee) if r["hard"]]
+        )
     else:
         student = ctx.load_student(init, "for preference pairs")
         n = 1 if mode == "teacher_over_student" else ctx.recipe.train.dpo.samples
         settings = student.settings.model_copy(update={"temperature": 0.0 if n == 1 else 0.9})
         convs = answer_conversations(ctx.pack.spec.system_prompt, [r["instruction"] for r in rows for _ in range(n)])
-        answers = [clean_answer(a) for a in student.generate(convs, settings=settings, description=f"student samples for DPO ({mode})")]
+        answers = [
+            clean_answer(a)
+            for a in student.generate(convs, settings=settings, description=f"student samples for DPO ({mode})")
+        ]
         del student
         samples = {r["id"]: answers[i * n : (i + 1) * n] for i, r in enumerate(rows)}
         if mode == "teacher_over_student":
-            out = pairs.teacher_over_student([dict(r, teacher_answer=r["answer"], student_answer=samples[r["id"]][0]) for r in rows])
+            out = pairs.teacher_over_student(
+                [dict(r, teacher_answer=r["answer"], student_answer=samples[r["id"]][0]) for r in rows]
+            )
         else:
             out = pairs.referee_ranked(rows, samples, ctx.referee(ctx.referee_kinds()[0]))
     ctx.store.write_jsonl(it.dpo_pairs, out)
@@ -58,7 +65,10 @@ def run(ctx, k: int):
 
 
 STAGE = Stage(
-    "train", run, per_iteration=True, reads=("iteration.teacher", "previous.student", "previous.referee", "student_init"),
+    "train",
+    run,
+    per_iteration=True,
+    reads=("iteration.teacher", "previous.student", "previous.referee", "student_init"),
     writes=("iteration.student", "iteration.train_metrics", "iteration.checkpoints", "iteration.dpo_pairs"),
     recipe=("seed", "domain", "train", "models.student", "models.teacher"),
-)  # fmt: skip
+)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from sdk.config import Recipe, TrainSettings
 from sdk.paths import data_dir
@@ -123,7 +124,11 @@ def latest_checkpoint(work_dir: Path) -> str | None:
     work_dir = Path(work_dir)
     if not work_dir.is_dir():
         return None
-    steps = [(int(m.group(1)), p) for p in work_dir.iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "trainer_state.json").exists()]
+    steps = [
+        (int(m.group(1)), p)
+        for p in work_dir.iterdir()
+        if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "trainer_state.json").exists()
+    ]
     return str(max(steps)[1]) if steps else None
 
 
@@ -158,7 +163,13 @@ def lora_config(settings: TrainSettings):
     from peft import LoraConfig
 
     lora = settings.lora
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

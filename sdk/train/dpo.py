@@ -40,10 +40,14 @@ def clean_pairs(pairs: list[dict]) -> tuple[list[dict], list[dict]]:
 def load_pairs(iter_dir: Path) -> tuple[list[dict], list[dict]]:
     path = Path(iter_dir) / PAIRS_FILE
     if not path.is_file():
-        raise DistilleryError(f"train.stages has 'dpo' but {path} does not exist (the loop writes the preference pairs before training)")
+        raise DistilleryError(
+            f"train.stages has 'dpo' but {path} does not exist (the loop writes the preference pairs before training)"
+        )
     kept, dropped = clean_pairs(read_jsonl(path))
     if not kept:
-        raise DistilleryError(f"no usable DPO pairs in {path}: {len(dropped)} of {len(dropped)} had identical chosen and rejected answers")
+        raise DistilleryError(
+            f"no usable DPO pairs in {path}: {len(dropped)} of {len(dropped)} had identical chosen and rejected answers"
+        )
     return kept, dropped
 
 
@@ -79,6 +83,15 @@ def dpo_stage(model, tokenizer, ctx: StageContext):
         **training_args_kwargs(ctx.settings, ctx.seed, dpo.learning_rate),
     )
     # ref_model=None: TRL keeps a frozen copy of the starting student (or, with LoRA, disables the adapter)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=dpo_dataset(kept, ctx.system_prompt), processing_class=tokenizer)
+    trainer = DPOTrainer(
+        model=model, args=args, train_dataset=dpo_dataset(kept, ctx.system_prompt), processing_class=tokenizer
+    )
     modes = sorted({p.get("mode", "?") for p in kept})
-    return trainer, {"pairs": len(kept), "pairs_dropped": len(dropped), "modes": modes, "beta": dpo.beta, "rpo_alpha": dpo.rpo_alpha, "learning_rate": dpo.learning_rate}
+    return trainer, {
+        "pairs": len(kept),
+        "pairs_dropped": len(dropped),
+        "modes": modes,
+        "beta": dpo.beta,
+        "rpo_alpha": dpo.rpo_alpha,
+        "learning_rate": dpo.learning_rate,
+    }

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from sdk.config import HealSettings
 from sdk.store import atomic_write_json, atomic_write_jsonl, read_jsonl
@@ -77,7 +78,11 @@ def _trainer_class():
             vocab = min(student.logits.shape[-1], teacher.logits.shape[-1])
             labels = inputs["labels"][:, 1:]  # position t predicts token t+1; padding is -100
             loss = GKDTrainer.generalized_jsd_loss(
-                student.logits[:, :-1, :vocab], teacher.logits[:, :-1, :vocab], labels=labels, beta=self.beta, temperature=self.temperature
+                student.logits[:, :-1, :vocab],
+                teacher.logits[:, :-1, :vocab],
+                labels=labels,
+                beta=self.beta,
+                temperature=self.temperature,
             )
             return (loss, student) if return_outputs else loss
 
@@ -123,7 +128,15 @@ def heal_trainer(student, teacher, tokenizer, job: HealJob):
         **device_kwargs(settings.bf16, job.deepspeed),
     )
     data = Dataset.from_list([{"text": t} for t in job.texts])
-    return _trainer_class()(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tokenizer, beta=settings.beta, temperature=settings.temperature)
+    return _trainer_class()(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        beta=settings.beta,
+        temperature=settings.temperature,
+    )
 
 
 def heal(student, teacher, tokenizer, job: HealJob) -> dict:
@@ -136,9 +149,14 @@ def heal(student, teacher, tokenizer, job: HealJob) -> dict:
     metrics = run_trainer(trainer, job.work_dir)
     save_stage_output(trainer, tokenizer, job.out_dir)
     record = {
-        "steps": metrics["steps"], "train_loss": metrics["train_loss"], "runtime_s": metrics["runtime_s"], "loss_history": metrics["loss_history"],
-        "sequences": len(job.texts), "processes": trainer.accelerator.num_processes, "deepspeed": bool(job.deepspeed),
-    }  # fmt: skip
+        "steps": metrics["steps"],
+        "train_loss": metrics["train_loss"],
+        "runtime_s": metrics["runtime_s"],
+        "loss_history": metrics["loss_history"],
+        "sequences": len(job.texts),
+        "processes": trainer.accelerator.num_processes,
+        "deepspeed": bool(job.deepspeed),
+    }
     if is_main_process():
         atomic_write_json(Path(job.out_dir) / RECORD_FILE, record)
     barrier()
@@ -152,10 +170,20 @@ TEXTS_FILE = "heal_texts.jsonl"
 RECORD_FILE = "heal.json"
 
 
-def write_heal_request(job_dir: Path, init: Path, out_dir: Path, texts: list[str], settings: HealSettings, seed: int) -> None:
+def write_heal_request(
+    job_dir: Path, init: Path, out_dir: Path, texts: list[str], settings: HealSettings, seed: int
+) -> None:
     job_dir = Path(job_dir)
     atomic_write_jsonl(job_dir / TEXTS_FILE, [{"text": t} for t in texts])
-    atomic_write_json(job_dir / REQUEST_FILE, {"init": str(Path(init).resolve()), "out_dir": str(Path(out_dir).resolve()), "heal": settings.model_dump(), "seed": seed})
+    atomic_write_json(
+        job_dir / REQUEST_FILE,
+        {
+            "init": str(Path(init).resolve()),
+            "out_dir": str(Path(out_dir).resolve()),
+            "heal": settings.model_dump(),
+            "seed": seed,
+        },
+    )
 
 
 def run_heal_request(job_dir: Path, recipe) -> None:
@@ -172,4 +200,11 @@ def run_heal_request(job_dir: Path, recipe) -> None:
         teacher, _ = load_local(recipe.models.teacher, recipe.models)
     texts = [row["text"] for row in read_jsonl(job_dir / TEXTS_FILE)]
     settings = HealSettings.model_validate(request["heal"])
-    heal(student, teacher, tokenizer, HealJob(texts, settings, job_dir / "checkpoints", Path(request["out_dir"]), request["seed"], recipe.train.deepspeed))
+    heal(
+        student,
+        teacher,
+        tokenizer,
+        HealJob(
+            texts, settings, job_dir / "checkpoints", Path(request["out_dir"]), request["seed"], recipe.train.deepspeed
+        ),
+    )

@@ -13,9 +13,8 @@ training, with a message that suggests the black-box objectives (sft, dpo).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 from sdk.config import Recipe
 from sdk.errors import DistilleryError
@@ -29,7 +28,9 @@ def check_local_teacher(recipe: Recipe, stage: str) -> None:
             "kd": "white-box KD needs the teacher's logits, which an endpoint does not return",
             "rlaif": "its reward is the likelihood referee, which needs the teacher's log-probabilities (an LLM-referee reward is future work)",
         }[stage]
-        raise DistilleryError(f"train.stages has '{stage}' but models.teacher is an openai endpoint: {why}; use stages [sft] or [sft, dpo], or a local teacher")
+        raise DistilleryError(
+            f"train.stages has '{stage}' but models.teacher is an openai endpoint: {why}; use stages [sft] or [sft, dpo], or a local teacher"
+        )
 
 
 def tokenizer_for(spec, models):
@@ -49,7 +50,9 @@ def tokenizer_for(spec, models):
 def student_tokenizer(recipe: Recipe, init=None):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(init) if init is not None else tokenizer_for(recipe.models.student, recipe.models)
+    return (
+        AutoTokenizer.from_pretrained(init) if init is not None else tokenizer_for(recipe.models.student, recipe.models)
+    )
 
 
 def check_same_tokenizer(teacher_tok, student_tok, teacher_name: str = "teacher") -> None:
@@ -69,7 +72,11 @@ def kd_preflight(recipe: Recipe, init=None) -> None:
     from sdk.models import describe
 
     check_local_teacher(recipe, "kd")
-    check_same_tokenizer(tokenizer_for(recipe.models.teacher, recipe.models), student_tokenizer(recipe, init), f"teacher ({describe(recipe.models.teacher, recipe.models)})")
+    check_same_tokenizer(
+        tokenizer_for(recipe.models.teacher, recipe.models),
+        student_tokenizer(recipe, init),
+        f"teacher ({describe(recipe.models.teacher, recipe.models)})",
+    )
 
 
 def kd_dataset(rows: list[dict], system_prompt: str):
@@ -90,7 +97,9 @@ def kd_dataset(rows: list[dict], system_prompt: str):
 
 
 def _trainer_class():
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # GKDTrainer (the TRL trainer with an on-policy fraction) lives in trl.experimental
+    os.environ.setdefault(
+        "TRL_EXPERIMENTAL_SILENCE", "1"
+    )  # GKDTrainer (the TRL trainer with an on-policy fraction) lives in trl.experimental
     from trl.experimental.gkd import GKDTrainer
 
     class KDTrainer(GKDTrainer):
@@ -115,7 +124,9 @@ def kd_stage(model, tokenizer, ctx: StageContext):
         teacher, t_tok = load_local(recipe.models.teacher, recipe.models)
     check_same_tokenizer(t_tok, tokenizer)
     stages = recipe.train.stages
-    first = ctx.init is None or (Path(ctx.init) / "prune.json").is_file()  # the initial student: the spec's, or the pruned folder
+    first = (
+        ctx.init is None or (Path(ctx.init) / "prune.json").is_file()
+    )  # the initial student: the spec's, or the pruned folder
     unhealed = recipe.heal.steps == 0 and first
     if kd.beta > 0.5 and unhealed and "sft" not in stages[: stages.index("kd")]:
         log(
@@ -133,5 +144,11 @@ def kd_stage(model, tokenizer, ctx: StageContext):
         packing=False,
         **training_args_kwargs(ctx.settings, ctx.seed, kd.learning_rate),
     )
-    trainer = _trainer_class()(model=model, teacher_model=teacher, args=args, train_dataset=kd_dataset(ctx.rows, ctx.system_prompt), processing_class=tokenizer)
+    trainer = _trainer_class()(
+        model=model,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=kd_dataset(ctx.rows, ctx.system_prompt),
+        processing_class=tokenizer,
+    )
     return trainer, {"examples": len(ctx.rows), "beta": kd.beta, "lmbda": kd.lmbda, "temperature": kd.temperature}

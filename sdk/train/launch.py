@@ -37,7 +37,13 @@ REQUEST_FILE = "train_request.json"
 
 
 def worker_args(iter_dir: Path, task: str = "train") -> list[str]:
-    return ["-m", "sdk.train.worker", *(["--task", task] if task != "train" else []), "--iter-dir", str(Path(iter_dir).resolve())]
+    return [
+        "-m",
+        "sdk.train.worker",
+        *(["--task", task] if task != "train" else []),
+        "--iter-dir",
+        str(Path(iter_dir).resolve()),
+    ]
 
 
 def shipped_path(value: str) -> str:
@@ -58,7 +64,9 @@ def accelerate_config(recipe: Recipe, iter_dir: Path) -> tuple[Path, Optional[st
     launcher = recipe.train.launcher
     source = Path(resolve_config_file(launcher.config, "accelerate"))
     if not source.is_file():
-        raise DistilleryError(f"train.launcher.config: accelerate config '{launcher.config}' not found (shipped: {', '.join(sorted(p.name for p in (data_dir('configs') / 'accelerate').glob('*.yaml')))})")
+        raise DistilleryError(
+            f"train.launcher.config: accelerate config '{launcher.config}' not found (shipped: {', '.join(sorted(p.name for p in (data_dir('configs') / 'accelerate').glob('*.yaml')))})"
+        )
     config = yaml.safe_load(source.read_text()) or {}
     config["num_processes"] = launcher.num_processes * int(config.get("num_machines", 1))
     ds = (config.get("deepspeed_config") or {}).get("deepspeed_config_file")
@@ -93,7 +101,9 @@ def job_env() -> dict:
     return env
 
 
-def write_request(recipe: Recipe, iter_dir: Path, init: Optional[Path], out_dir: Path, system_prompt: str, use_pack_verifiers: bool) -> None:
+def write_request(
+    recipe: Recipe, iter_dir: Path, init: Optional[Path], out_dir: Path, system_prompt: str, use_pack_verifiers: bool
+) -> None:
     iter_dir = Path(iter_dir)
     atomic_write_text(iter_dir / RECIPE_FILE, recipe.to_yaml())
     request = {
@@ -132,10 +142,19 @@ def run_job(recipe: Recipe, iter_dir: Path, task: str = "train") -> None:
     with open(log_path, "a", encoding="utf-8") as out:
         code = subprocess.run(command, env=job_env(), stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd()).returncode
     if code != 0:
-        raise DistilleryError(f"the launched {task} job exited with status {code}: {first_error(log_path)} (full log: {log_path})")
+        raise DistilleryError(
+            f"the launched {task} job exited with status {code}: {first_error(log_path)} (full log: {log_path})"
+        )
 
 
-def launch_stages(recipe: Recipe, iter_dir: Path, init: Optional[Path], out_dir: Path, system_prompt: str, use_pack_verifiers: bool = False) -> dict:
+def launch_stages(
+    recipe: Recipe,
+    iter_dir: Path,
+    init: Optional[Path],
+    out_dir: Path,
+    system_prompt: str,
+    use_pack_verifiers: bool = False,
+) -> dict:
     """Run the stages in a launched job and return its metrics (train_metrics.json)."""
     iter_dir = Path(iter_dir)
     recipe = with_launcher_deepspeed(recipe, iter_dir)

@@ -52,7 +52,13 @@ def replay_instructions(n: int, seed: int) -> list[dict]:
             "id": f"replay-{r['id']}",
             "instruction": r["instruction"],
             "source": "replay",
-            "provenance": {"document": f"configs/{GENERAL_FILE}", "chunk_id": None, "stage": "replay", "model": None, "category": r["category"]},
+            "provenance": {
+                "document": f"configs/{GENERAL_FILE}",
+                "chunk_id": None,
+                "stage": "replay",
+                "model": None,
+                "category": r["category"],
+            },
         }
         for r in picked
     ]

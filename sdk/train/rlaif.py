@@ -28,7 +28,6 @@ from sdk.train.common import StageContext, Verifier, full_weights, training_args
 from sdk.train.kd import check_local_teacher
 
 
-
 def verifier_penalty(findings: list[dict], penalty_warning: float, penalty_error: float) -> float:
     """Reward points taken off for a completion's verifier findings."""
     per = {"warning": penalty_warning, "error": penalty_error}
@@ -53,7 +52,14 @@ class TeacherReward:
 
     __name__ = "referee"  # the trainer logs rewards under the function's name
 
-    def __init__(self, teacher, verifier: Optional[Verifier] = None, penalty_warning: float = 1.0, penalty_error: float = 3.0, min_tokens: int = 0):
+    def __init__(
+        self,
+        teacher,
+        verifier: Optional[Verifier] = None,
+        penalty_warning: float = 1.0,
+        penalty_error: float = 3.0,
+        min_tokens: int = 0,
+    ):
         self.teacher = teacher  # a LocalChatModel
         self.min_tokens = min_tokens
         self.verifier = verifier
@@ -64,7 +70,14 @@ class TeacherReward:
     def scores(self, prompts: list, texts: list[str]) -> list[float]:
         conversations = [p if isinstance(p, list) else [{"role": "user", "content": p}] for p in prompts]
         logliks = self.teacher.loglik(conversations, texts)
-        lengths = [len(ids) for ids in self.teacher.tokenizer([t.strip() for t in texts], add_special_tokens=False)["input_ids"]] if self.min_tokens else [0] * len(texts)
+        lengths = (
+            [
+                len(ids)
+                for ids in self.teacher.tokenizer([t.strip() for t in texts], add_special_tokens=False)["input_ids"]
+            ]
+            if self.min_tokens
+            else [0] * len(texts)
+        )
         out = []
         for ll, text, n in zip(logliks, texts, lengths):
             score = likelihood_score(ll, text)  # None: an empty completion, which has no likelihood
@@ -90,7 +103,12 @@ class TeacherReward:
 def rlaif_dataset(rows: list[dict], system_prompt: str):
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": [{"role": "system", "content": system_prompt}, {"role": "user", "content": r["instruction"]}]} for r in rows])
+    return Dataset.from_list(
+        [
+            {"prompt": [{"role": "system", "content": system_prompt}, {"role": "user", "content": r["instruction"]}]}
+            for r in rows
+        ]
+    )
 
 
 def load_reward(ctx: StageContext) -> TeacherReward:
@@ -101,7 +119,9 @@ def load_reward(ctx: StageContext) -> TeacherReward:
     check_local_teacher(recipe, "rlaif")
     with full_weights():  # the reward model runs outside DeepSpeed, so it must not be partitioned
         model, tok = load_local(recipe.models.teacher, recipe.models)
-    teacher = LocalChatModel(model, tok, describe(recipe.models.teacher, recipe.models), recipe.models.teacher.generation)
+    teacher = LocalChatModel(
+        model, tok, describe(recipe.models.teacher, recipe.models), recipe.models.teacher.generation
+    )
     rl = ctx.settings.rlaif
     return TeacherReward(teacher, ctx.verifier, rl.penalty_warning, rl.penalty_error, rl.min_tokens)
 
@@ -123,5 +143,11 @@ def rlaif_stage(model, tokenizer, ctx: StageContext):
         beta=rl.beta,
         **kwargs,
     )
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=rlaif_dataset(ctx.rows, ctx.system_prompt), processing_class=tokenizer)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=rlaif_dataset(ctx.rows, ctx.system_prompt),
+        processing_class=tokenizer,
+    )
     return trainer, {"prompts": len(ctx.rows), "num_generations": group, "verifier": ctx.verifier is not None}

@@ -43,7 +43,9 @@ METRICS_FILE = "train_metrics.json"
 STAGES = {"sft": sft_stage, "kd": kd_stage, "dpo": dpo_stage, "rlaif": rlaif_stage}
 
 
-def train_student(recipe: Recipe, iter_dir: Path, init: Path | None, out_dir: Path, system_prompt: str, verifier=None) -> dict:
+def train_student(
+    recipe: Recipe, iter_dir: Path, init: Path | None, out_dir: Path, system_prompt: str, verifier=None
+) -> dict:
     """Run recipe.train.stages in order on this iteration's data; save the student to out_dir; return metrics."""
     iter_dir = Path(iter_dir)
     preflight(recipe, iter_dir, init)
@@ -72,7 +74,9 @@ def preflight(recipe: Recipe, iter_dir: Path, init: Optional[Path]) -> None:
 def read_metrics(iter_dir: Path) -> dict:
     path = Path(iter_dir) / METRICS_FILE
     data = json.loads(path.read_text()) if path.is_file() else {}
-    return data if isinstance(data.get("stages"), dict) else {"stages": {}}  # a file the caller rewrote is no resume point
+    return (
+        data if isinstance(data.get("stages"), dict) else {"stages": {}}
+    )  # a file the caller rewrote is no resume point
 
 
 def training_rows(iter_dir: Path) -> list[dict]:
@@ -89,23 +93,45 @@ def log_summary(trainer) -> dict:
     if not rewards:
         return {}
     values = [r["reward"] for r in rewards]
-    return {"rewards_mean": round(sum(values) / len(values), 4), "first_reward": values[0], "last_reward": values[-1], "reward_history": rewards}
+    return {
+        "rewards_mean": round(sum(values) / len(values), 4),
+        "first_reward": values[0],
+        "last_reward": values[-1],
+        "reward_history": rewards,
+    }
 
 
 def process_summary(trainer) -> dict:
     """How the stage ran: processes, and the ZeRO stage when DeepSpeed drove it."""
     state = trainer.accelerator.state
     plugin = getattr(state, "deepspeed_plugin", None)
-    return {"processes": trainer.accelerator.num_processes, "deepspeed_zero_stage": plugin.zero_stage if plugin is not None else None}
+    return {
+        "processes": trainer.accelerator.num_processes,
+        "deepspeed_zero_stage": plugin.zero_stage if plugin is not None else None,
+    }
 
 
-def run_stages(recipe: Recipe, iter_dir: Path, init: Optional[Path], out_dir: Path, system_prompt: str, verifier: Optional[Verifier] = None) -> dict:
+def run_stages(
+    recipe: Recipe,
+    iter_dir: Path,
+    init: Optional[Path],
+    out_dir: Path,
+    system_prompt: str,
+    verifier: Optional[Verifier] = None,
+) -> dict:
     """Run every stage in this process (one rank of a launched job, or the only process)."""
     from transformers import set_seed
 
     iter_dir = Path(iter_dir)
     init = Path(init) if init is not None else None
-    ctx = StageContext(recipe=recipe, iter_dir=iter_dir, init=init, system_prompt=system_prompt, rows=training_rows(iter_dir), verifier=verifier)
+    ctx = StageContext(
+        recipe=recipe,
+        iter_dir=iter_dir,
+        init=init,
+        system_prompt=system_prompt,
+        rows=training_rows(iter_dir),
+        verifier=verifier,
+    )
     metrics = read_metrics(iter_dir)
     previous: Optional[Path] = None
     for stage in recipe.train.stages:
@@ -130,7 +156,12 @@ def run_stages(recipe: Recipe, iter_dir: Path, init: Optional[Path], out_dir: Pa
         del trainer, model
     if is_main_process():
         export_student(recipe, init, previous, Path(out_dir))
-        metrics.update(student=str(Path(out_dir).resolve()), lora=recipe.train.lora.enabled, rows=len(ctx.rows), init=str(init) if init else "initial student")
+        metrics.update(
+            student=str(Path(out_dir).resolve()),
+            lora=recipe.train.lora.enabled,
+            rows=len(ctx.rows),
+            init=str(init) if init else "initial student",
+        )
         atomic_write_json(iter_dir / METRICS_FILE, with_totals(metrics))
     barrier()
     return metrics
@@ -144,7 +175,13 @@ def with_totals(metrics: dict) -> dict:
             history.append({"step": h["step"] + offset, "loss": h["loss"], "stage": name})
         offset += m.get("steps", 0)
     losses = [h["loss"] for h in history]
-    return dict(metrics, steps=offset, loss_history=history, first_logged_loss=losses[0] if losses else None, last_logged_loss=losses[-1] if losses else None)
+    return dict(
+        metrics,
+        steps=offset,
+        loss_history=history,
+        first_logged_loss=losses[0] if losses else None,
+        last_logged_loss=losses[-1] if losses else None,
+    )
 
 
 def record_skipped(iter_dir: Path, reason: str) -> None:

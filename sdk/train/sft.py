@@ -7,10 +7,7 @@ so TRL applies the tokenizer's chat template and computes the loss on the comple
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from sdk.config import TrainSettings
-from sdk.train.common import StageContext, finish_training, latest_checkpoint, lora_config, training_args_kwargs
+from sdk.train.common import StageContext, lora_config, training_args_kwargs
 
 
 def sft_dataset(rows: list[dict], system_prompt: str):
@@ -27,36 +24,28 @@ def sft_dataset(rows: list[dict], system_prompt: str):
     )
 
 
-def sft_trainer(model, tokenizer, rows: list[dict], system_prompt: str, settings: TrainSettings, work_dir: Path, seed: int = 0):
+def sft_trainer(model, tokenizer, ctx: StageContext):
+    """An SFTTrainer on the teacher's answers (completion-only loss), checkpointing in ctx.stage_dir("sft")."""
     from trl import SFTConfig, SFTTrainer
 
+    settings = ctx.settings
     args = SFTConfig(
-        output_dir=str(work_dir),
+        output_dir=str(ctx.stage_dir("sft")),
         max_length=settings.max_seq_length,
         completion_only_loss=True,
         packing=False,
-        **training_args_kwargs(settings, seed),
+        **training_args_kwargs(settings, ctx.seed),
     )
     already_peft = hasattr(model, "peft_config")
     return SFTTrainer(
         model=model,
         args=args,
-        train_dataset=sft_dataset(rows, system_prompt),
+        train_dataset=sft_dataset(ctx.rows, ctx.system_prompt),
         processing_class=tokenizer,
         peft_config=None if already_peft else lora_config(settings),
     )
 
 
-def train_sft(model, tokenizer, rows: list[dict], system_prompt: str, settings: TrainSettings, work_dir: Path, seed: int = 0):
-    """Train in place and return (model, train_metrics). Checkpoints in work_dir let a killed run resume."""
-    trainer = sft_trainer(model, tokenizer, rows, system_prompt, settings, work_dir, seed)
-    checkpoint = latest_checkpoint(work_dir)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    model, metrics = finish_training(trainer, result)
-    metrics["resumed_from_checkpoint"] = checkpoint
-    return model, metrics
-
-
 def sft_stage(model, tokenizer, ctx: StageContext):
     """The `sft` stage of train_student: returns the trainer, ready to train."""
-    return sft_trainer(model, tokenizer, ctx.rows, ctx.system_prompt, ctx.settings, ctx.stage_dir("sft"), ctx.seed), {"examples": len(ctx.rows)}
+    return sft_trainer(model, tokenizer, ctx), {"examples": len(ctx.rows)}

@@ -14,19 +14,26 @@ from pathlib import Path
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sdk.train.worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=["train", "heal"], default="train", help="train: the recipe's training stages; heal: heal a pruned student (sdk.train.heal)")
-    parser.add_argument("--iter-dir", required=True, type=Path, help="the job folder holding the recipe, the request and the data")
+    parser.add_argument(
+        "--task",
+        choices=["train", "heal"],
+        default="train",
+        help="train: the recipe's training stages; heal: heal a pruned student (sdk.train.heal)",
+    )
+    parser.add_argument(
+        "--iter-dir", required=True, type=Path, help="the job folder holding the recipe, the request and the data"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    import yaml
+
     from sdk.config import validate_recipe
     from sdk.progress import quiet_libraries
-    from sdk.train.launch import RECIPE_FILE, REQUEST_FILE
     from sdk.train.common import start_cpu_deepspeed
+    from sdk.train.launch import RECIPE_FILE, REQUEST_FILE
     from sdk.train.runner import run_stages
-
-    import yaml
 
     args = make_parser().parse_args(argv)
     iter_dir = args.iter_dir
