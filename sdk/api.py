@@ -11,9 +11,10 @@ import yaml
 
 from sdk.config import Recipe, apply_overrides, load_recipe, parse_override, validate_recipe
 from sdk.errors import ConfigError
+from sdk.faults import RunLock
 from sdk.pipeline import Pipeline, RunResult
 from sdk.stages.base import changed_keys
-from sdk.store import RunStore, atomic_write_text
+from sdk.store import RunLayout, RunStore, atomic_write_text
 
 
 def _flatten_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -56,20 +57,19 @@ def distill(
         items["pack_paths"] = [str(p) for p in items["pack_paths"]]
     recipe = load_recipe(preset, config, items)
     run_dir = Path(run_dir) if run_dir else default_run_dir(domain, recipe.preset)
-    store = RunStore(run_dir)
-    if store.manifest["stages"]:
-        raise ConfigError(
-            f"run directory {run_dir} already holds a run: use `distill resume {run_dir}` or another --run-dir"
-        )
-    pipeline = Pipeline(recipe, store)  # resolves the pack before anything is written
-    atomic_write_text(
-        store.layout.config, pipeline.recipe.to_yaml()
-    )  # the resolved recipe: the pack's defaults merged in
-    return pipeline.run()
+    with RunLock(run_dir):  # one writer per run directory, for the whole run
+        store = RunStore(run_dir)
+        if store.manifest["stages"]:
+            raise ConfigError(
+                f"run directory {run_dir} already holds a run: use `distill resume {run_dir}` or another --run-dir"
+            )
+        pipeline = Pipeline(recipe, store)  # resolves the pack and checks every role before anything is written
+        atomic_write_text(store.layout.config, pipeline.recipe.to_yaml())  # resolved: the pack's defaults merged in
+        return pipeline.run()
 
 
 def load_run_recipe(run_dir: str | os.PathLike) -> Recipe:
-    path = Path(run_dir) / "config.yaml"
+    path = RunLayout(run_dir).config
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
     return validate_recipe(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))
@@ -89,8 +89,9 @@ def resume(run_dir: str | os.PathLike, set: list[str] | None = None) -> RunResul
             apply_overrides(old.model_dump(mode="json"), set), source=f"{run_dir}/config.yaml with --set"
         )
         changed = changed_keys(old.model_dump(mode="json"), recipe.model_dump(mode="json"))
-    store = RunStore(run_dir)
-    pipeline = Pipeline(recipe, store, changed)  # refuses a change to a section a finished stage read
-    if set:
-        atomic_write_text(store.layout.config, pipeline.recipe.to_yaml())
-    return pipeline.run()
+    with RunLock(run_dir):
+        store = RunStore(run_dir)
+        pipeline = Pipeline(recipe, store, changed)  # refuses a change to a section a finished stage read
+        if set:
+            atomic_write_text(store.layout.config, pipeline.recipe.to_yaml())
+        return pipeline.run()

@@ -87,16 +87,18 @@ def report(run_dir: Path = typer.Argument(...)):
     """Rewrite report.html from a finished run's metrics.json and print the summary."""
     import json
 
+    from sdk.faults import RunLock
     from sdk.report import iteration_table, summary_table, write_report
     from sdk.store import RunLayout
 
     metrics_file = RunLayout(run_dir).metrics
     if not metrics_file.is_file():
         raise DistilleryError(f"{run_dir} has no metrics.json (is the run finished? try `distill resume {run_dir}`)")
-    metrics = json.loads(metrics_file.read_text())
-    out.print(iteration_table(metrics))
-    out.print(summary_table(metrics))
-    out.print(f"report: {write_report(run_dir, metrics)}")
+    with RunLock(run_dir):  # not while a run or another report writes it
+        metrics = json.loads(metrics_file.read_text())
+        out.print(iteration_table(metrics))
+        out.print(summary_table(metrics))
+        out.print(f"report: {write_report(run_dir, metrics)}")
 
 
 @app.command()
@@ -301,14 +303,43 @@ def cache_clear(
 def main() -> None:
     """Console entry point: user errors become one line on stderr, never a traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    err = Console(stderr=True)
     try:
         app()
     except DistilleryError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted: finish it with `distill resume RUN_DIR`")
+        err.print("interrupted: finish it with `distill resume RUN_DIR`")
         sys.exit(130)
+    except Exception as exc:  # never a traceback: an OS fault is the user's to fix, anything else is ours
+        from sdk.faults import os_fault
+
+        fault = os_fault(exc)
+        if fault is not None:
+            err.print(
+                f"[bold red]error:[/bold red] {fault}; free space or fix the permissions and try again",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(2)
+        err.print(
+            f"[bold red]internal error:[/bold red] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (traceback in {crash_log(exc)}; please report it)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
+
+
+def crash_log(exc: BaseException) -> str:
+    """Write the traceback of an unexpected error to a file and return its path."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="distill-crash-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        fh.write("".join(traceback.format_exception(exc)))
+    return path
 
 
 if __name__ == "__main__":

@@ -19,3 +19,17 @@ class ModelError(DistilleryError):
 
 class BudgetExhausted(DistilleryError):
     """A role reached its recipe budget (calls, tokens or cost); the run stops cleanly and can be resumed."""
+
+
+class RunLocked(DistilleryError):
+    """Another process holds the run directory (a second `distill run`, `resume` or `report` on it)."""
+
+
+class SystemFault(DistilleryError):
+    """The operating system refused a write: no space left, permission denied, a read-only filesystem."""
+
+
+class Interrupted(DistilleryError):
+    """The run was stopped by SIGTERM or Ctrl-C; it is marked stopped and can be resumed."""
+
+    exit_code = 130

@@ -12,13 +12,15 @@ resumed run skips it, and refuses to go on if one of those sections changed sinc
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from sdk.config import Recipe
-from sdk.errors import BudgetExhausted, ConfigError
+from sdk.errors import BudgetExhausted, ConfigError, Interrupted, SystemFault
+from sdk.faults import graceful_stop, os_fault, stop_reason
 from sdk.packs import resolve_pack
 from sdk.progress import log, quiet_libraries
 from sdk.stages import (
@@ -62,6 +64,7 @@ class Pipeline:
         self.ctx = RunContext(self.recipe, pack, store)
         self.changed = changed or []
         self.ran: list[str] = []  # stages run in this session
+        self.current = "start"  # the stage running now, for error messages
         self.check_finished_stages()
 
     def check_finished_stages(self) -> None:
@@ -76,7 +79,7 @@ class Pipeline:
                 )
 
     def _stage(self, stage: Stage, k: Optional[int] = None) -> None:
-        name = stage.key(self.store.layout, k)
+        name = self.current = stage.key(self.store.layout, k)
         if self.store.is_done(name):
             log(f"[dim]skip[/dim] {name} (finished in an earlier session)")
             return
@@ -86,40 +89,60 @@ class Pipeline:
         self.ran.append(name)
         self.ctx.timings[name] = round(time.time() - start, 1)
         self.store.manifest["timings"] = self.ctx.timings
-        self.store.mark_done(
-            name,
-            outputs=[str(o) for o in outputs],
-            recipe=fingerprint(self.recipe.model_dump(mode="json"), stage.recipe),
-        )
+        sections = fingerprint(self.recipe.model_dump(mode="json"), stage.recipe)
+        self.store.mark_done(name, outputs=[str(o) for o in outputs], recipe=sections)
+
+    def _run_stages(self) -> None:
+        adv = self.recipe.adversarial
+        for stage in BEFORE_LOOP:
+            if stage is not forgetting.BEFORE or self.ctx.forgetting_tasks():
+                self._stage(stage)
+        for k in range(adv.iterations):
+            for stage in LOOP:
+                if stage is not generate.STAGE or k < adv.iterations - 1 or adv.generate_last:
+                    self._stage(stage, k)
+        if self.ran:  # e.g. `distill resume --set adversarial.iterations=N+1` of a finished run: redo the ending
+            for stage in AFTER_LOOP:
+                self.store.mark_stale(stage.name)
+        for stage in AFTER_LOOP:
+            if stage is not forgetting.AFTER or self.ctx.forgetting_tasks():
+                self._stage(stage)
+
+    def stopped(self, reason: str) -> None:
+        """Record why the run stopped, if the disk still lets us (a full disk may not)."""
+        log(f"[bold yellow]{reason}[/bold yellow]")
+        with contextlib.suppress(OSError):
+            self.store.set_status("stopped", reason=reason)
 
     def run(self) -> RunResult:
+        """Run every stage not yet finished. A budget stops the run cleanly; a signal or an OS fault (disk
+        full, permissions) stops it with a one-line error; either way it can be resumed."""
         from transformers import set_seed
 
         quiet_libraries()
         set_seed(self.recipe.seed)
         self.store.set_status("running")
-        adv = self.recipe.adversarial
+        resume = f"`distill resume {self.store.root}`"
         try:
-            for stage in BEFORE_LOOP:
-                if stage is not forgetting.BEFORE or self.ctx.forgetting_tasks():
-                    self._stage(stage)
-            for k in range(adv.iterations):
-                for stage in LOOP:
-                    if stage is not generate.STAGE or k < adv.iterations - 1 or adv.generate_last:
-                        self._stage(stage, k)
-            if (
-                self.ran
-            ):  # e.g. `distill resume --set adversarial.iterations=N+1` of a finished run: the ending is redone
-                for stage in AFTER_LOOP:
-                    self.store.mark_stale(stage.name)
-            for stage in AFTER_LOOP:
-                if stage is not forgetting.AFTER or self.ctx.forgetting_tasks():
-                    self._stage(stage)
+            with graceful_stop():
+                self._run_stages()
         except BudgetExhausted as exc:
-            reason = f"stopped: budget reached ({exc})"
-            self.store.set_status("stopped", reason=reason)
-            log(f"[bold yellow]{reason}[/bold yellow]")
-            log(f"everything finished so far is kept; raise the budget and run `distill resume {self.store.root}`")
+            self.stopped(f"stopped: budget reached ({exc})")
+            log(f"everything finished so far is kept; raise the budget and run {resume}")
             return RunResult(self.store.root, {}, self.store.layout.student, status="stopped")
+        except KeyboardInterrupt:
+            self.stopped(f"{stop_reason()} during stage {self.current}")
+            raise Interrupted(
+                f"{stop_reason()} during stage {self.current}; all finished work is kept: {resume}"
+            ) from None
+        except Exception as exc:
+            fault = os_fault(exc)
+            if fault is None:
+                raise
+            self.stopped(f"{fault} during stage {self.current}")
+            raise SystemFault(
+                f"{fault} during stage {self.current}, which was not marked done; "
+                f"free space or fix the permissions, then {resume}"
+            ) from None
         self.store.set_status("finished")
         return RunResult(self.store.root, self.store.read_json(self.store.layout.metrics), self.store.layout.student)

@@ -36,7 +36,7 @@ def _force_progress() -> bool:
 
 
 def log(message: str) -> None:
-    console.print(message)
+    console.print(message, soft_wrap=True)  # a log file gets whole lines, never a path cut in two
 
 
 def quiet_libraries() -> None:

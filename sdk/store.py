@@ -17,24 +17,29 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from sdk.errors import DistilleryError
+from sdk.faults import RunLock, atomic_section
 
 MANIFEST = "manifest.json"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temp file in the same folder and rename it into place; a signal waits until it is done."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_section():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -49,18 +54,19 @@ def read_jsonl(path: Path) -> list[dict]:
     return list(iter_jsonl(path))
 
 
-def iter_jsonl(path: Path, tolerate_torn_tail: bool = False) -> Iterator[dict]:
-    """Yield one dict per line. A journal killed mid-write may end in a torn line: skip it."""
-    with open(path, encoding="utf-8") as fh:
+def iter_jsonl(path: Path, bad_lines: Optional[list[int]] = None) -> Iterator[dict]:
+    """Yield one dict per line. With `bad_lines`, a line that is not JSON is skipped and its number recorded
+    there (a journal killed mid-write ends in a torn line); without it, such a line is an error."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
                 yield json.loads(line)
             except json.JSONDecodeError:
-                if tolerate_torn_tail:
-                    continue
-                raise ValueError(f"{path}:{lineno}: not valid JSON") from None
+                if bad_lines is None:
+                    raise DistilleryError(f"{path}:{lineno}: not valid JSON") from None
+                bad_lines.append(lineno)
 
 
 class Journal:
@@ -69,9 +75,19 @@ class Journal:
     def __init__(self, path: Path | None):
         self.path = Path(path) if path is not None else None
         self.done: dict[str, dict] = {}
+        self.corrupt: list[int] = []  # numbers of lines that were not JSON (skipped)
         if self.path is not None and self.path.exists():
-            for row in iter_jsonl(self.path, tolerate_torn_tail=True):
-                self.done[row["id"]] = row
+            for row in iter_jsonl(self.path, bad_lines=self.corrupt):
+                if isinstance(row, dict) and "id" in row:
+                    self.done[row["id"]] = row
+            total = sum(1 for _ in open(self.path, "rb"))
+            inner = [n for n in self.corrupt if n < total]  # a torn last line is what a kill leaves: no warning
+            if inner:
+                from sdk.progress import log
+
+                log(
+                    f"[yellow]journal {self.path}: skipped {len(inner)} corrupt line(s) ({', '.join(map(str, inner[:10]))}); those rows are asked again[/yellow]"
+                )
 
     @classmethod
     def in_memory(cls) -> Journal:
@@ -83,7 +99,7 @@ class Journal:
             self.done.update((row["id"], row) for row in rows)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
+        with atomic_section(), open(self.path, "a", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 self.done[row["id"]] = row
@@ -218,6 +234,10 @@ class RunStore:
         self.layout = RunLayout(self.root)
         self._manifest = self._load_manifest()
 
+    def lock(self) -> RunLock:
+        """The run directory's exclusive lock: `with store.lock(): ...` (one writer per run)."""
+        return RunLock(self.root)
+
     # paths ------------------------------------------------------------------------------------
     def path(self, *parts: str | Path) -> Path:
         return self.root.joinpath(*parts)
@@ -225,9 +245,19 @@ class RunStore:
     # manifest ---------------------------------------------------------------------------------
     def _load_manifest(self) -> dict:
         path = self.path(MANIFEST)
-        if path.exists():
-            return json.loads(path.read_text(encoding="utf-8"))
-        return {"created_at": _now(), "stages": {}}
+        if not path.exists():
+            return {"created_at": _now(), "stages": {}}
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(manifest.get("stages"), dict):
+                raise ValueError("no 'stages' mapping")
+        except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+            raise DistilleryError(
+                f"{path} is damaged ({str(exc).splitlines()[0][:120]}), so which stages finished is unknown; "
+                f"move it aside (mv {path} {path}.bad) and `distill resume {self.root}` redoes the stages, "
+                "with endpoint replies served from the response cache"
+            ) from None
+        return manifest
 
     @property
     def manifest(self) -> dict:

@@ -81,6 +81,22 @@ def _quiet():
             logging.getLogger(name).setLevel(level)
 
 
+def check_task_names(tasks: list[str]) -> None:
+    """Every name is a local task or an lm-eval one (the lm-eval index is read only when a name is not local)."""
+    local = set(local_task_names())
+    unknown = [t for t in tasks if t not in local]
+    if not unknown:
+        return
+    with _quiet():
+        index = _task_manager(with_defaults=True).task_index
+    for name in unknown:
+        if name not in index:
+            raise DistilleryError(
+                f"forgetting task '{name}' is neither an lm-eval task nor one of the SDK's local tasks "
+                f"({', '.join(sorted(local))})"
+            )
+
+
 def load_tasks(tasks: list[str]):
     """Build lm-eval Task/Group objects for each name, loading their data now (fails fast, one line per error).
 

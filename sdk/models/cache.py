@@ -9,6 +9,7 @@ another's commit instead of failing. SIGKILL cannot corrupt the file: SQLite com
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -57,54 +58,99 @@ class ResponseCache:
         # One connection per process (a forked child opens its own), opened on first use.
         if self._conn is None or self._pid != os.getpid():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout = 60000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: atomic and safe against a process kill
-            conn.executescript(_SCHEMA)
+            try:
+                conn = self._connect()
+            except sqlite3.DatabaseError as exc:
+                if not _corrupt(exc):
+                    raise
+                self._quarantine(exc)
+                conn = self._connect()
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
-    def get_many(self, keys: list[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 60000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: atomic and safe against a process kill
+        conn.executescript(_SCHEMA)
+        conn.execute("SELECT COUNT(*) FROM responses").fetchone()  # a damaged file fails here, not mid-run
+        return conn
+
+    def _quarantine(self, exc: Exception) -> None:
+        """Move a damaged cache aside (responses.sqlite.corrupt-<time>) and start a fresh one. The run
+        directories' journals still hold every reply that was paid for, so a resume re-asks none of them."""
+        from sdk.progress import log
+
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for part in sorted(self.path.parent.glob(self.path.name + "*")):
+            if part.is_file() and ".corrupt-" not in part.name:
+                part.rename(part.with_name(part.name.replace(self.path.name, f"{self.path.name}.corrupt-{stamp}", 1)))
+        log(
+            f"[yellow]the response cache {self.path} is damaged ({exc}); moved it aside to {self.path.name}.corrupt-{stamp} and started a fresh one[/yellow]"
+        )
+
+    def _guarded(self, work):
+        """Run work(db) under the lock; a cache found damaged mid-run is moved aside and work retried once."""
         with self._lock:
-            db = self._db()
+            try:
+                return work(self._db())
+            except sqlite3.DatabaseError as exc:
+                if not _corrupt(exc):
+                    raise
+                self._quarantine(exc)
+                return work(self._db())
+
+    def get_many(self, keys: list[str]) -> dict[str, str]:
+        def work(db) -> dict[str, str]:
+            found: dict[str, str] = {}
             for start in range(0, len(keys), 500):
                 part = keys[start : start + 500]
                 marks = ",".join("?" * len(part))
                 found.update(db.execute(f"SELECT key, response FROM responses WHERE key IN ({marks})", part).fetchall())
-        return found
+            return found
+
+        return self._guarded(work)
 
     def put(self, key: str, provider: str, model: str, response: str) -> None:
         """Store one reply and commit it (the first writer of a key wins; replies for a key are equivalent)."""
-        with self._lock:
-            self._db().execute(
+        self._guarded(
+            lambda db: db.execute(
                 "INSERT OR IGNORE INTO responses (key, provider, model, response, created) VALUES (?, ?, ?, ?, ?)",
                 (key, provider, model, response, time.time()),
             )
+        )
 
     def count(self, model: str, hits: int, misses: int) -> None:
         if not (hits or misses):
             return
-        with self._lock:
-            self._db().execute(
+        self._guarded(
+            lambda db: db.execute(
                 "INSERT INTO counters (model, hits, misses) VALUES (?, ?, ?) "
                 "ON CONFLICT(model) DO UPDATE SET hits = hits + excluded.hits, misses = misses + excluded.misses",
                 (model, hits, misses),
             )
+        )
 
     def stats(self) -> dict:
         """Entries, file size, and per model: entries, hits, misses."""
         if not self.path.exists():
             return {"path": str(self.path), "entries": 0, "bytes": 0, "models": {}}
-        with self._lock:
-            db = self._db()
+
+        def work(db) -> dict:
             per = {
                 m: {"entries": n, "hits": 0, "misses": 0}
                 for m, n in db.execute("SELECT model, COUNT(*) FROM responses GROUP BY model")
             }
             for m, h, miss in db.execute("SELECT model, hits, misses FROM counters"):
                 per.setdefault(m, {"entries": 0, "hits": 0, "misses": 0}).update(hits=h, misses=miss)
+            return per
+
+        per = self._guarded(work)
         size = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
         return {
             "path": str(self.path),
@@ -136,3 +182,9 @@ class ResponseCache:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
+
+
+def _corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """A damaged file, not a busy one ("database is locked" is an OperationalError too)."""
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text

@@ -111,3 +111,13 @@ def blocking_change(recorded: dict[str, str], recipe_dump: dict, changed: list[s
             keys = [k for k in changed if (k == section or k.startswith(section + ".")) and not _resumable(k)]
             return section, keys[0] if keys else section
     return None
+
+
+def stage_table(stages: tuple[Stage, ...]) -> str:
+    """The markdown table of stages (docs/architecture.md holds it; a test checks it matches)."""
+    rows = ["| stage | reads | writes | recipe sections |", "|---|---|---|---|"]
+    for s in stages:
+        name = f"`iter_<k>/{s.name}`" if s.per_iteration else f"`{s.name}`"
+        cell = lambda refs: ", ".join(f"`{r}`" for r in refs) or "-"  # noqa: E731
+        rows.append(f"| {name} | {cell(s.reads)} | {cell(s.writes)} | {cell(s.recipe)} |")
+    return "\n".join(rows)

@@ -26,7 +26,30 @@ class RunContext:
         )  # seconds per stage, kept across resumes
         self._models: dict[str, object] = {}
         self._budgets: dict[str, object] = {}
-        self.referee_kinds()  # a referee that cannot work with these models fails before any compute
+        self.check_roles()
+
+    def check_roles(self) -> None:
+        """Every model-role check, before any compute: a recipe that cannot work fails in seconds."""
+        from sdk.train.kd import check_local_teacher
+
+        models = self.recipe.models
+        if models.student.provider == "pruned" and getattr(models, models.student.base).provider not in (
+            "embedded",
+            "hf",
+        ):
+            raise ConfigError(
+                f"models.student is pruned from models.{models.student.base}, an {getattr(models, models.student.base).provider} "
+                "endpoint without local weights; set models.student.base to a local role, or give the student its own "
+                "weights (provider: hf)"
+            )
+        for objective in ("kd", "rlaif"):
+            if objective in self.recipe.train.stages:
+                check_local_teacher(self.recipe, objective)
+        self.referee_kinds()
+        if self.recipe.forgetting.enabled:
+            from sdk.evaluate.forgetting import check_task_names
+
+            check_task_names(self.forgetting_tasks())
 
     # models -----------------------------------------------------------------------------------
     def model(self, role: str):

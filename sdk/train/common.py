@@ -3,6 +3,7 @@ loading the student at the start of a stage, checkpoints, saving and exporting t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ from typing import Optional
 
 from sdk.config import Recipe, TrainSettings
 from sdk.paths import data_dir
+from sdk.progress import log
 
 Verifier = Callable[[str, str], list]
 
@@ -120,16 +122,23 @@ def device_kwargs(bf16: str, deepspeed: Optional[str]) -> dict:
 
 
 def latest_checkpoint(work_dir: Path) -> str | None:
-    """The newest `checkpoint-N` folder under work_dir, for resume_from_checkpoint."""
+    """The newest complete `checkpoint-N` folder under work_dir, for resume_from_checkpoint.
+
+    The trainer writes trainer_state.json last, so a checkpoint whose state file is missing or does not
+    parse was cut short (a kill, a full disk): it is removed, never resumed from.
+    """
     work_dir = Path(work_dir)
     if not work_dir.is_dir():
         return None
-    steps = [
-        (int(m.group(1)), p)
-        for p in work_dir.iterdir()
-        if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "trainer_state.json").exists()
-    ]
-    return str(max(steps)[1]) if steps else None
+    found = sorted((int(m.group(1)), p) for p in work_dir.iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    for _, path in reversed(found):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            log(f"[yellow]{path} is incomplete (cut short by a kill or a full disk); removing it[/yellow]")
+            shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def finish_training(trainer, result) -> tuple[object, dict]:
