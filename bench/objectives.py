@@ -249,6 +249,8 @@ def main(argv=None) -> None:
     from sdk.models.chat import answer_conversations
     from sdk.packs import resolve_pack
     from sdk.progress import quiet_libraries
+    from sdk.store import atomic_write_jsonl
+    from sdk.train.common import TrainRequest
     from sdk.train.runner import train_student
 
     quiet_libraries()
@@ -321,6 +323,11 @@ def main(argv=None) -> None:
             ]
         )
 
+    # the same data for every recipe and seed, written once
+    data_file, pairs_file = args.work_dir / "train_teacher.jsonl", args.work_dir / "train_dpo_pairs.jsonl"
+    atomic_write_jsonl(data_file, train_rows)
+    if pairs:
+        atomic_write_jsonl(pairs_file, pairs)
     results: dict[str, list[dict]] = {"untrained": [dict(assess(init, teacher, generation, ctx), seed=args.seeds[0])]}
     show(results["untrained"][0], "untrained")
     for name in args.recipes:
@@ -328,11 +335,7 @@ def main(argv=None) -> None:
         for seed in args.seeds:
             work = args.work_dir / f"{name}-seed{seed}"
             shutil.rmtree(work, ignore_errors=True)
-            iter_dir = work / "iter_00"
-            iter_dir.mkdir(parents=True)
-            (iter_dir / "teacher.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))
-            if pairs:
-                (iter_dir / "dpo_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+            work.mkdir(parents=True)
             overrides = {
                 "seed": seed,
                 "data.max_eval": args.max_eval,
@@ -348,7 +351,10 @@ def main(argv=None) -> None:
                 overrides[f"train.kd.{key}"] = value  # the divergence only; kd.learning_rate stays the recipe default
             recipe = load_recipe(None, overrides=overrides)
             start = time.perf_counter()
-            metrics = train_student(recipe, iter_dir, init, work / "student", system)
+            request = TrainRequest(
+                recipe, data_file, work / "student", work, init, system, pairs_file if pairs else None
+            )
+            metrics = train_student(request)
             wall = time.perf_counter() - start
             stages = metrics["stages"].values()
             steps = sum(m["steps"] for m in stages)

@@ -534,8 +534,31 @@ class Recipe(_Strict):
 
 def preset_path(preset: str) -> Path:
     if preset not in PRESETS:
-        raise ConfigError(f"unknown preset '{preset}' (allowed: {', '.join(PRESETS)})")
+        raise ConfigError(f"unknown preset {preset!r} (allowed: {', '.join(PRESETS)})")
     return data_dir("configs") / "recipes" / f"{preset}.yaml"
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters (newlines, NULs, ...) escaped, so an error message stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+# yaml.safe_load raises plain errors too: ValueError for `2001-02-30` or `!!int x`, AttributeError for
+# `!!timestamp x`, RecursionError for brackets nested a few hundred deep
+YAML_LOAD_ERRORS = (yaml.YAMLError, ValueError, TypeError, AttributeError, RecursionError)
+
+
+def yaml_problem(exc: BaseException) -> str:
+    """One line on why yaml.safe_load failed."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    lines = str(exc).splitlines()
+    first = printable(lines[0]) if lines else type(exc).__name__
+    return first if isinstance(exc, yaml.YAMLError) else f"{type(exc).__name__}: {first}"
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
 
 
 def _read_yaml(path: Path) -> dict:
@@ -543,8 +566,12 @@ def _read_yaml(path: Path) -> dict:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"recipe file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe file {path} is {not_utf8(exc)}") from None
+    except OSError as exc:
+        raise ConfigError(f"recipe file {path} cannot be read: {exc.strerror or exc}") from None
+    except YAML_LOAD_ERRORS as exc:
+        raise ConfigError(f"recipe file {path} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe file {path} must hold a mapping at the top level")
     return data
@@ -563,14 +590,14 @@ def deep_merge(base: dict, update: dict) -> dict:
 def parse_override(item: str) -> tuple[list[str], Any]:
     """'train.epochs=2' -> (['train', 'epochs'], 2). The value is parsed as YAML."""
     if "=" not in item:
-        raise ConfigError(f"--set expects key=value, got '{item}'")
+        raise ConfigError(f"--set expects key=value, got '{printable(item)}'")
     key, raw = item.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise ConfigError(f"--set has an empty key in '{item}'")
+        raise ConfigError(f"--set has an empty key in '{printable(item)}'")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except YAML_LOAD_ERRORS:
         value = raw
     return parts, value
 
@@ -606,13 +633,13 @@ def format_validation_error(exc: ValidationError, source: str = "recipe") -> str
     problems = []
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
-        key = ".".join(loc) or "(top level)"
+        key = printable(".".join(loc)) or "(top level)"
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(loc)
             hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
             problems.append(f"unknown key '{key}'{hint}")
         else:
-            msg = err["msg"].removeprefix("Value error, ")
+            msg = printable(err["msg"].removeprefix("Value error, "))
             got = err.get("input")
             shown = "" if isinstance(got, (dict, list)) or got is None else f", got {got!r}"
             problems.append(f"'{key}': {msg}{shown}")
@@ -637,7 +664,12 @@ def load_recipe(
         user = _read_yaml(Path(config_file))
         preset = user.get("preset", preset)
     if preset is not None:
-        data = _read_yaml(preset_path(preset))
+        try:
+            data = _read_yaml(preset_path(preset))
+        except ConfigError as exc:
+            if config_file is None or "preset" not in user:
+                raise
+            raise ConfigError(f"recipe {config_file}: 'preset': {exc}") from None
         data["preset"] = preset
     if config_file is not None:
         data = deep_merge(data, user)

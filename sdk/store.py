@@ -162,6 +162,12 @@ class IterationLayout(_Folder):
     teacher_journal = _file("teacher.partial.jsonl")
     # train
     dpo_pairs = _file("dpo_pairs.jsonl")
+    dpo_pairs_dropped = _file("dpo_pairs_dropped.jsonl")  # written by the dpo objective
+    # a launched training job's files (sdk/train/launch.py): its recipe, request, accelerate config and log
+    train_recipe = _file("train_recipe.yaml")
+    train_request = _file("train_request.json")
+    accelerate_config = _file("accelerate_config.yaml")
+    train_launch_log = _file("train_launch.log")
     train_metrics = _file("train_metrics.json")
     student = _file("student")
     checkpoints = _file("checkpoints")

@@ -35,9 +35,15 @@ def _one_line_error(proc) -> str:
 def _cheap_run(student_dir: Path) -> list[str]:
     """The tiny pack with a tiny random student: every stage, in about a minute."""
     sets = [
-        f"models.student.name_or_path={student_dir}", "models.student.provider=hf", "heal.steps=0",
-        "adversarial.iterations=1", "forgetting.enabled=false", "data.max_eval=3", "data.max_seeds=4", "curation.passages=2",
-    ]  # fmt: skip
+        f"models.student.name_or_path={student_dir}",
+        "models.student.provider=hf",
+        "heal.steps=0",
+        "adversarial.iterations=1",
+        "forgetting.enabled=false",
+        "data.max_eval=3",
+        "data.max_seeds=4",
+        "curation.passages=2",
+    ]
     return TINY + [a for s in sets for a in ("--set", s)]
 
 
@@ -202,12 +208,37 @@ def test_a_damaged_manifest_is_one_line_that_says_how_to_recover(tmp_path):
 @pytest.mark.parametrize(
     "overrides, needle",
     [
-        ({"models.teacher.provider": "openai", "models.teacher.base_url": "http://127.0.0.1:9/v1", "models.teacher.model": "t"}, "models.student is pruned from models.teacher"),
-        ({"models.teacher.provider": "openai", "models.teacher.base_url": "http://127.0.0.1:9/v1", "models.teacher.model": "t", "models.student.base": "generator", "train.stages": ["kd"]}, "white-box KD"),
+        (
+            {
+                "models.teacher.provider": "openai",
+                "models.teacher.base_url": "http://127.0.0.1:9/v1",
+                "models.teacher.model": "t",
+            },
+            "models.student is pruned from models.teacher",
+        ),
+        (
+            {
+                "models.teacher.provider": "openai",
+                "models.teacher.base_url": "http://127.0.0.1:9/v1",
+                "models.teacher.model": "t",
+                "models.student.base": "generator",
+                "train.stages": ["kd"],
+            },
+            "white-box KD",
+        ),
         ({"forgetting.tasks": ["no_such_task_anywhere"]}, "no_such_task_anywhere"),
-        ({"adversarial.referee": "likelihood", "models.teacher.provider": "openai", "models.teacher.base_url": "http://127.0.0.1:9/v1", "models.teacher.model": "t", "models.student.base": "generator"}, "referee"),
+        (
+            {
+                "adversarial.referee": "likelihood",
+                "models.teacher.provider": "openai",
+                "models.teacher.base_url": "http://127.0.0.1:9/v1",
+                "models.teacher.model": "t",
+                "models.student.base": "generator",
+            },
+            "referee",
+        ),
     ],
-)  # fmt: skip
+)
 def test_every_role_check_runs_before_any_compute(tmp_path, overrides, needle):
     recipe = load_recipe("smoke", overrides={"domain": "tiny", "pack_paths": [str(TINY_PACKS)], **overrides})
     store = RunStore(tmp_path / "run")

@@ -7,6 +7,7 @@ import pytest
 
 from sdk.config import load_recipe
 from sdk.train import common, runner
+from sdk.train.common import TrainRequest
 from sdk.train.launch import launch_command
 from sdk.train.runner import train_student
 from tests.train_helpers import SYSTEM, tiny_model_dir, tiny_recipe, write_iteration
@@ -33,7 +34,7 @@ def test_two_process_zero3_stage_on_cpu(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "run_stages", no_student_here)  # the in-process path
     monkeypatch.setattr(runner, "load_stage_model", no_student_here)
-    metrics = train_student(recipe, it, None, tmp_path / "out", SYSTEM)
+    metrics = train_student(TrainRequest.in_folder(recipe, it, tmp_path / "out", None, SYSTEM))
 
     for name in ("sft", "kd"):
         m = metrics["stages"][name]

@@ -9,6 +9,7 @@ import torch
 
 from sdk.config import ModelSpec, load_recipe
 from sdk.errors import ConfigError, DistilleryError
+from sdk.train.common import TrainRequest
 from sdk.train.dpo import clean_pairs
 from sdk.train.runner import train_student
 from tests.train_helpers import ROWS, SYSTEM, tiny_model_dir, tiny_recipe, write_iteration
@@ -123,7 +124,7 @@ def test_all_stages_train_and_write_artifacts(tiny, tmp_path):
         calls.append(instruction)
         return [{"label": "x", "severity": "warning", "message": "m"}]
 
-    metrics = train_student(recipe, it, None, tmp_path / "student", SYSTEM, verifier=verifier)
+    metrics = train_student(TrainRequest.in_folder(recipe, it, tmp_path / "student", None, SYSTEM), verifier=verifier)
     stages = metrics["stages"]
     assert list(stages) == ["sft", "kd", "dpo", "rlaif"]
     for name, m in stages.items():
@@ -151,7 +152,7 @@ def test_kd_forward_and_reverse_kl(tiny, tmp_path, beta):
     student, teacher = tiny
     it = write_iteration(tmp_path / "iter_00")
     recipe = tiny_recipe(student, teacher, stages=["kd"], max_steps=2, kd={"beta": beta, "lmbda": 0.0})
-    m = train_student(recipe, it, None, tmp_path / "student", SYSTEM)["stages"]["kd"]
+    m = train_student(TrainRequest.in_folder(recipe, it, tmp_path / "student", None, SYSTEM))["stages"]["kd"]
     assert m["beta"] == beta and m["steps"] == 2
     assert all(h["loss"] > 0 and math.isfinite(h["loss"]) for h in m["loss_history"])
 
@@ -192,13 +193,13 @@ def test_finished_stage_is_not_rerun_and_a_killed_stage_resumes(tiny, tmp_path):
     killed = tiny_recipe(student, teacher, stages=["sft"], max_steps=2, save_steps=2)
     rows = [r for r in map(json.loads, (it / "teacher.jsonl").read_text().splitlines()) if r["status"] == "ok"]
     sft_trainer(
-        model, tok, StageContext(recipe=killed, iter_dir=it, init=None, system_prompt=SYSTEM, rows=rows)
+        model, tok, StageContext(TrainRequest.in_folder(killed, it, tmp_path / "student", None, SYSTEM), rows=rows)
     ).train()
-    first = train_student(recipe, it, None, tmp_path / "student", SYSTEM)["stages"]["sft"]
+    first = train_student(TrainRequest.in_folder(recipe, it, tmp_path / "student", None, SYSTEM))["stages"]["sft"]
     assert first["resumed_from_checkpoint"].endswith("checkpoint-2") and first["steps"] == 4
     assert [h["step"] for h in first["loss_history"]][-1] == 4
     stamp = (it / "checkpoints" / "sft" / "final").stat().st_mtime_ns
-    again = train_student(recipe, it, None, tmp_path / "student", SYSTEM)["stages"]["sft"]
+    again = train_student(TrainRequest.in_folder(recipe, it, tmp_path / "student", None, SYSTEM))["stages"]["sft"]
     assert again == first and (it / "checkpoints" / "sft" / "final").stat().st_mtime_ns == stamp
 
 
@@ -215,7 +216,7 @@ def test_lora_student_loads_with_peft_and_merged(tiny, tmp_path):
         kd={"lmbda": 0.0},
         lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
     )
-    train_student(recipe, it, None, tmp_path / "student", SYSTEM)
+    train_student(TrainRequest.in_folder(recipe, it, tmp_path / "student", None, SYSTEM))
     out = tmp_path / "student"
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "base" / "config.json").is_file()
     peft_model = PeftModel.from_pretrained(load(out / "base"), out / "adapter").eval()
@@ -230,7 +231,7 @@ def test_lora_student_loads_with_peft_and_merged(tiny, tmp_path):
     )
     recipe = recipe.model_copy(update={"train": train})
     it2 = write_iteration(tmp_path / "iter_01")
-    train_student(recipe, it2, None, tmp_path / "student2", SYSTEM)
+    train_student(TrainRequest.in_folder(recipe, it2, tmp_path / "student2", None, SYSTEM))
     assert (tmp_path / "student2" / "adapter_config.json").is_file() and not (
         tmp_path / "student2" / "model.safetensors"
     ).exists()
@@ -253,7 +254,7 @@ def test_kd_with_a_different_tokenizer_fails_fast(tiny, tmp_path):
     recipe = tiny_recipe(student, other, stages=["sft", "kd"])
     start = time.perf_counter()
     with pytest.raises(DistilleryError) as err:
-        train_student(recipe, it, None, tmp_path / "student", SYSTEM)
+        train_student(TrainRequest.in_folder(recipe, it, tmp_path / "student", None, SYSTEM))
     assert time.perf_counter() - start < 10
     msg = str(err.value)
     assert "tokenizer" in msg and "[sft]" in msg and "dpo" in msg and "\n" not in msg
@@ -269,7 +270,9 @@ def test_endpoint_teacher_is_refused_for_white_box_stages(tiny, tmp_path, stage)
     )
     recipe = recipe.model_copy(update={"models": models})
     with pytest.raises(DistilleryError, match=f"'{stage}'.*openai"):
-        train_student(recipe, write_iteration(tmp_path / "iter_00"), None, tmp_path / "student", SYSTEM)
+        train_student(
+            TrainRequest.in_folder(recipe, write_iteration(tmp_path / "iter_00"), tmp_path / "student", None, SYSTEM)
+        )
 
 
 def test_dpo_without_usable_pairs_is_a_one_line_error(tiny, tmp_path):
@@ -277,7 +280,11 @@ def test_dpo_without_usable_pairs_is_a_one_line_error(tiny, tmp_path):
     same = [{"id": "s", "prompt": "q", "chosen": "x y", "rejected": " x  y", "mode": "teacher_over_student"}]
     recipe = tiny_recipe(student, teacher, stages=["dpo"])
     with pytest.raises(DistilleryError, match="no usable DPO pairs.*1 of 1"):
-        train_student(recipe, write_iteration(tmp_path / "iter_00", same), None, tmp_path / "student", SYSTEM)
+        train_student(
+            TrainRequest.in_folder(
+                recipe, write_iteration(tmp_path / "iter_00", same), tmp_path / "student", None, SYSTEM
+            )
+        )
 
 
 def test_plain_dpo_starts_at_ln2_and_rpo_adds_the_chosen_nll(tiny, tmp_path):
@@ -286,8 +293,8 @@ def test_plain_dpo_starts_at_ln2_and_rpo_adds_the_chosen_nll(tiny, tmp_path):
     for alpha in (0.0, 1.0):
         it = write_iteration(tmp_path / f"iter-{alpha}", good_pairs(), failed=0)
         recipe = tiny_recipe(student, teacher, stages=["dpo"], dpo={"rpo_alpha": alpha})
-        losses[alpha] = train_student(recipe, it, None, tmp_path / f"student-{alpha}", SYSTEM)["stages"]["dpo"][
-            "first_logged_loss"
-        ]
+        losses[alpha] = train_student(TrainRequest.in_folder(recipe, it, tmp_path / f"student-{alpha}", None, SYSTEM))[
+            "stages"
+        ]["dpo"]["first_logged_loss"]
     assert losses[0.0] == pytest.approx(math.log(2), abs=1e-3)  # policy == reference at step 1
     assert losses[1.0] - losses[0.0] > 8  # + the NLL of the chosen answers under a random tiny model

@@ -21,6 +21,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateSyntaxError
 from pydantic import ValidationError
 
+from sdk.config import YAML_LOAD_ERRORS, not_utf8, printable, yaml_problem
 from sdk.errors import PackError
 from sdk.packs.schema import EvalRow, PackSpec, SeedRow
 from sdk.paths import data_dir
@@ -32,10 +33,20 @@ DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parent / "default_prompts"
 def _field_errors(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        loc = printable(".".join(str(p) for p in err["loc"])) or "(top level)"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else printable(err["msg"].removeprefix("Value error, "))
         parts.append(f"field '{loc}': {msg}")
     return "; ".join(parts)
+
+
+def _read_text(path: Path, where: str = "") -> str:
+    """A pack file's text; `where` ("field 'seeds': ") says which field refers to it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PackError(f"{path}: {where}{not_utf8(exc)}") from None
+    except OSError as exc:
+        raise PackError(f"{path}: {where}cannot be read: {exc.strerror or exc}") from None
 
 
 @dataclass
@@ -66,13 +77,15 @@ class Pack:
         if not path.is_file():
             raise PackError(f"{self.pack_file}: field '{field_name}': file not found: {path}")
         rows, ids = [], set()
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(_read_text(path, f"field '{field_name}': ").splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 row = model.model_validate(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise PackError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise PackError(f"{path}:{lineno}: not valid JSON (nested too deeply)") from None
             except ValidationError as exc:
                 raise PackError(f"{path}:{lineno}: {_field_errors(exc)}") from None
             if row.id in ids:
@@ -105,12 +118,23 @@ class Pack:
         try:
             return env.get_template(path.name)
         except TemplateSyntaxError as exc:
-            raise PackError(f"{path}:{exc.lineno}: field 'prompts.{name}': template error: {exc.message}") from None
+            raise PackError(
+                f"{path}:{exc.lineno}: field 'prompts.{name}': template error: {printable(exc.message)}"
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise PackError(f"{path}: field 'prompts.{name}': {not_utf8(exc)}") from None
 
     def render(self, name: str, **variables) -> str:
         variables.setdefault("pack", self.spec)
         variables.setdefault("criteria", self.spec.referee.criteria)
-        return self.prompt(name).render(**variables).strip()
+        template = self.prompt(name)
+        try:
+            return template.render(**variables).strip()
+        except Exception as exc:  # jinja2 UndefinedError and friends, or whatever the pack's template raised
+            raise PackError(
+                f"{self.prompt_path(name)}: field 'prompts.{name}': does not render: "
+                f"{type(exc).__name__}: {printable(exc)}"
+            ) from None
 
     # verifiers --------------------------------------------------------------------------------
     def verifiers(self) -> list[tuple[str, Callable[[str, str], list[dict]]]]:
@@ -133,7 +157,7 @@ class Pack:
             spec.loader.exec_module(module)
         except Exception as exc:  # a contributor's module: report whatever broke it
             raise PackError(
-                f"{module_file}: field '{field_name}': import failed: {type(exc).__name__}: {exc}"
+                f"{module_file}: field '{field_name}': import failed: {type(exc).__name__}: {printable(exc)}"
             ) from None
         func = getattr(module, func_name, None)
         if not callable(func):
@@ -168,10 +192,11 @@ def load_pack_dir(path: str | Path, source: str = "built-in") -> Pack:
     pack_file = root / "pack.yaml"
     if not pack_file.is_file():
         raise PackError(f"{pack_file}: file not found (a pack folder needs a pack.yaml)")
+    text = _read_text(pack_file)
     try:
-        data = yaml.safe_load(pack_file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise PackError(f"{pack_file}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        data = yaml.safe_load(text)
+    except YAML_LOAD_ERRORS as exc:
+        raise PackError(f"{pack_file}: not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise PackError(f"{pack_file}: the top level must be a mapping")
     try:

@@ -5,13 +5,29 @@ names the file and the field.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_RE = r"^[a-z][a-z0-9_-]{1,40}$"
 TASK_TYPES = ("explain", "compare", "calculate", "draft", "classify", "advise")
 PROMPT_NAMES = ("referee", "synthesis", "generate_hard", "generate_easy")
+
+
+def _usable_path(value: str) -> str:
+    """A path the filesystem can be asked about (os calls raise on a NUL or an over-long name)."""
+    if "\x00" in value:
+        raise ValueError("a path cannot contain a NUL character")
+    try:
+        names = [part.encode("utf-8") for part in re.split(r"[\\/]", value)]
+    except UnicodeEncodeError:
+        raise ValueError("a path cannot contain a lone surrogate character") from None
+    if any(len(name) > 255 for name in names):
+        raise ValueError("a file or folder name in the path is longer than 255 bytes")
+    return value
+
+
+PackPath = Annotated[str, AfterValidator(_usable_path)]
 
 
 class _Strict(BaseModel):
@@ -25,7 +41,7 @@ def _reject_duplicates(names: list[str], what: str) -> None:
 
 
 class CorpusSettings(_Strict):
-    path: str = Field(..., description="folder of documents, relative to the pack folder")
+    path: PackPath = Field(..., description="folder of documents, relative to the pack folder")
     extensions: list[str] = Field(default_factory=lambda: [".md", ".txt", ".html"])
 
 
@@ -76,11 +92,12 @@ class VerifierRef(_Strict):
     def _form(cls, value: str):
         if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
             raise ValueError(f"must look like 'module:function', got {value!r}")
+        _usable_path(value.split(":")[0].replace(".", "/") + ".py")
         return value
 
 
 class EvalSettings(_Strict):
-    path: str = "eval.jsonl"
+    path: PackPath = "eval.jsonl"
 
 
 class ForgettingSettings(_Strict):
@@ -98,12 +115,12 @@ class PackSpec(_Strict):
     corpus: CorpusSettings
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     referee: RefereeSettings
-    prompts: dict[Literal["referee", "synthesis", "generate_hard", "generate_easy"], str] = Field(
+    prompts: dict[Literal["referee", "synthesis", "generate_hard", "generate_easy"], PackPath] = Field(
         default_factory=dict,
         description="prompt name -> template file relative to the pack; unnamed ones use SDK defaults",
     )
     verifiers: list[VerifierRef] = Field(default_factory=list)
-    seeds: str = "seeds.jsonl"
+    seeds: PackPath = "seeds.jsonl"
     eval: EvalSettings = Field(default_factory=EvalSettings)
     forgetting: ForgettingSettings = Field(default_factory=ForgettingSettings)
 

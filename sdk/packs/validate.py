@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdk.config import printable
 from sdk.errors import PackError
 from sdk.packs.loader import Pack, load_pack_dir
 from sdk.packs.schema import PROMPT_NAMES
@@ -124,14 +125,7 @@ def validate_pack(path: str | Path) -> list[CheckResult]:
 
     def prompts():
         for name in PROMPT_NAMES:
-            try:
-                text = pack.render(name, **sample_prompt_variables(pack, name))
-            except PackError:
-                raise
-            except Exception as exc:  # jinja2 UndefinedError and friends
-                raise PackError(
-                    f"{pack.prompt_path(name)}: field 'prompts.{name}': does not render: {type(exc).__name__}: {exc}"
-                ) from None
+            text = pack.render(name, **sample_prompt_variables(pack, name))  # a PackError names file and field
             if not text.strip():
                 raise PackError(f"{pack.prompt_path(name)}: field 'prompts.{name}': renders to an empty prompt")
         overridden = sorted(pack.spec.prompts)
@@ -149,7 +143,7 @@ def validate_pack(path: str | Path) -> list[CheckResult]:
             try:
                 findings = func(instruction, answer)
             except Exception as exc:
-                raise PackError(f"{where}: raised on a sample: {type(exc).__name__}: {exc}") from None
+                raise PackError(f"{where}: raised on a sample: {type(exc).__name__}: {printable(exc)}") from None
             if not isinstance(findings, list):
                 raise PackError(f"{where}: must return a list of findings, got {type(findings).__name__}")
             for f in findings:

@@ -45,6 +45,7 @@ def write_dpo_pairs(ctx, k: int, rows: list[dict], init: Optional[Path]) -> None
 
 
 def run(ctx, k: int):
+    from sdk.train.common import TrainRequest
     from sdk.train.runner import record_skipped, train_student
 
     it = ctx.layout.iteration(k)
@@ -53,15 +54,17 @@ def run(ctx, k: int):
         if k == 0:
             raise DistilleryError(f"no usable teacher answers to train on (see {it.teacher} for the reasons)")
         log(f"[yellow]{it.dir.name}: nothing new to train on; the student from the previous iteration is kept[/yellow]")
-        record_skipped(it.dir, "empty train pool")
+        record_skipped(TrainRequest.in_folder(ctx.recipe, it.dir, it.student), "empty train pool")
         return [it.train_metrics]
     init = ctx.student_dir(k - 1)
     if "dpo" in ctx.recipe.train.stages:
         write_dpo_pairs(ctx, k, rows, init)
     if ctx.recipe.train.launcher.kind != "local":
         ctx.release_models()  # the launched processes load what they need; this one keeps no weights meanwhile
-    train_student(ctx.recipe, it.dir, init, it.student, ctx.pack.spec.system_prompt, verifier=ctx.pack.run_verifiers)
-    return [it.student, it.train_metrics, it.checkpoints] + ([it.dpo_pairs] if "dpo" in ctx.recipe.train.stages else [])
+    request = TrainRequest(ctx.recipe, it.teacher, it.student, it.dir, init, ctx.pack.spec.system_prompt, it.dpo_pairs)
+    train_student(request, verifier=ctx.pack.run_verifiers)
+    dpo = [it.dpo_pairs, it.dpo_pairs_dropped] if "dpo" in ctx.recipe.train.stages else []
+    return [it.student, it.train_metrics, it.checkpoints] + dpo
 
 
 STAGE = Stage(
@@ -69,6 +72,16 @@ STAGE = Stage(
     run,
     per_iteration=True,
     reads=("iteration.teacher", "previous.student", "previous.referee", "student_init"),
-    writes=("iteration.student", "iteration.train_metrics", "iteration.checkpoints", "iteration.dpo_pairs"),
+    writes=(
+        "iteration.student",
+        "iteration.train_metrics",
+        "iteration.checkpoints",
+        "iteration.dpo_pairs",
+        "iteration.dpo_pairs_dropped",
+        "iteration.train_recipe",
+        "iteration.train_request",
+        "iteration.accelerate_config",
+        "iteration.train_launch_log",
+    ),
     recipe=("seed", "domain", "train", "models.student", "models.teacher"),
 )

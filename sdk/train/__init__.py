@@ -1,6 +1,6 @@
 """The imitation step: `train_student` runs the recipe's objectives in order on TRL.
 
-runner.py   train_student(recipe, iter_dir, init, out_dir, system_prompt, verifier) and the stage loop
+runner.py   train_student(TrainRequest, verifier) and the loop over the objectives
 sft.py      supervised fine-tuning on the teacher's answers (SFTTrainer)
 kd.py       white-box logit distillation, forward KL / JSD / reverse KL (GKDTrainer)
 dpo.py      preference optimisation on teacher-over-student or referee-ranked pairs (DPOTrainer)

@@ -20,17 +20,75 @@ from sdk.progress import log
 Verifier = Callable[[str, str], list]
 
 
-@dataclass
-class StageContext:
-    """Everything a stage needs besides the model: its data, its folders, the recipe."""
+@dataclass(frozen=True)
+class TrainRequest:
+    """One training job: what it reads and where it writes. A launched job gets it as train_request.json.
+
+    The recipe sections training reads: train, models (the student; the teacher for kd and rlaif),
+    heal.steps and seed.
+    """
 
     recipe: Recipe
-    iter_dir: Path
-    init: Optional[Path]  # the previous iteration's student (None = the recipe's initial student)
-    system_prompt: str
+    data: Path  # teacher.jsonl: the rows with status "ok" are trained on
+    out_dir: Path  # where the student is written
+    work_dir: Path  # checkpoints/<objective>/ (resume points), train_metrics.json, the launcher's files
+    init: Optional[Path] = None  # the weights to start from (None: the recipe's student)
+    system_prompt: str = ""
+    dpo_pairs: Optional[Path] = None  # preference pairs, for dpo
+
+    @classmethod
+    def in_folder(
+        cls, recipe: Recipe, folder: Path, out_dir: Path, init: Optional[Path] = None, system_prompt: str = ""
+    ):
+        """The pipeline's shape: teacher.jsonl and dpo_pairs.jsonl in one folder, which is also the work folder."""
+        folder = Path(folder)
+        return cls(
+            recipe, folder / "teacher.jsonl", Path(out_dir), folder, init, system_prompt, folder / "dpo_pairs.jsonl"
+        )
+
+    @property
+    def metrics_file(self) -> Path:
+        return Path(self.work_dir) / "train_metrics.json"
+
+    def to_json(self) -> dict:
+        paths = {
+            k: str(Path(v).resolve()) if v is not None else None
+            for k, v in (
+                ("data", self.data),
+                ("out_dir", self.out_dir),
+                ("work_dir", self.work_dir),
+                ("init", self.init),
+                ("dpo_pairs", self.dpo_pairs),
+            )
+        }
+        return dict(paths, system_prompt=self.system_prompt)
+
+    @classmethod
+    def from_json(cls, recipe: Recipe, data: dict) -> TrainRequest:
+        path = lambda key: Path(data[key]) if data.get(key) else None  # noqa: E731
+        return cls(
+            recipe,
+            path("data"),
+            path("out_dir"),
+            path("work_dir"),
+            path("init"),
+            data.get("system_prompt", ""),
+            path("dpo_pairs"),
+        )
+
+
+@dataclass
+class StageContext:
+    """Everything an objective needs besides the model: the request, its rows, the verifier."""
+
+    request: TrainRequest
     rows: list[dict]  # teacher.jsonl rows with status ok
     verifier: Optional[Verifier] = None
     extra: dict = field(default_factory=dict)
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.request.recipe
 
     @property
     def settings(self) -> TrainSettings:
@@ -40,8 +98,16 @@ class StageContext:
     def seed(self) -> int:
         return self.recipe.seed
 
+    @property
+    def init(self) -> Optional[Path]:
+        return self.request.init
+
+    @property
+    def system_prompt(self) -> str:
+        return self.request.system_prompt
+
     def stage_dir(self, stage: str) -> Path:
-        return Path(self.iter_dir) / "checkpoints" / stage
+        return Path(self.request.work_dir) / "checkpoints" / stage
 
 
 def cpu_has_native_bf16() -> bool:

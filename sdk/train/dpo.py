@@ -14,12 +14,13 @@ and is dropped; the count is in the stage metrics and the dropped rows in dpo_pa
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from sdk.errors import DistilleryError
 from sdk.store import atomic_write_jsonl, read_jsonl
 from sdk.train.common import StageContext, is_main_process, training_args_kwargs
 
-PAIRS_FILE = "dpo_pairs.jsonl"
+DROPPED_FILE = "dpo_pairs_dropped.jsonl"
 
 
 def normalize(text: str) -> str:
@@ -37,9 +38,8 @@ def clean_pairs(pairs: list[dict]) -> tuple[list[dict], list[dict]]:
     return kept, dropped
 
 
-def load_pairs(iter_dir: Path) -> tuple[list[dict], list[dict]]:
-    path = Path(iter_dir) / PAIRS_FILE
-    if not path.is_file():
+def load_pairs(path: Optional[Path]) -> tuple[list[dict], list[dict]]:
+    if path is None or not Path(path).is_file():
         raise DistilleryError(
             f"train.stages has 'dpo' but {path} does not exist (the loop writes the preference pairs before training)"
         )
@@ -69,9 +69,9 @@ def dpo_dataset(pairs: list[dict], system_prompt: str):
 def dpo_stage(model, tokenizer, ctx: StageContext):
     from trl import DPOConfig, DPOTrainer
 
-    kept, dropped = load_pairs(ctx.iter_dir)
+    kept, dropped = load_pairs(ctx.request.dpo_pairs)
     if is_main_process():
-        atomic_write_jsonl(Path(ctx.iter_dir) / "dpo_pairs_dropped.jsonl", dropped)
+        atomic_write_jsonl(Path(ctx.request.work_dir) / DROPPED_FILE, dropped)
     dpo = ctx.settings.dpo
     args = DPOConfig(
         output_dir=str(ctx.stage_dir("dpo")),

@@ -15,6 +15,7 @@ texts in heal_texts.jsonl, and the job writes the healed student and its heal.js
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from sdk.errors import DistilleryError
 from sdk.paths import data_dir
 from sdk.progress import log
 from sdk.store import atomic_write_json, atomic_write_text
-from sdk.train.common import resolve_config_file
+from sdk.train.common import TrainRequest, resolve_config_file
 
 RECIPE_FILE = "train_recipe.yaml"
 REQUEST_FILE = "train_request.json"
@@ -101,18 +102,11 @@ def job_env() -> dict:
     return env
 
 
-def write_request(
-    recipe: Recipe, iter_dir: Path, init: Optional[Path], out_dir: Path, system_prompt: str, use_pack_verifiers: bool
-) -> None:
-    iter_dir = Path(iter_dir)
-    atomic_write_text(iter_dir / RECIPE_FILE, recipe.to_yaml())
-    request = {
-        "init": str(Path(init).resolve()) if init is not None else None,
-        "out_dir": str(Path(out_dir).resolve()),
-        "system_prompt": system_prompt,
-        "use_pack_verifiers": use_pack_verifiers,
-    }
-    atomic_write_json(iter_dir / REQUEST_FILE, request)
+def write_request(request: TrainRequest, use_pack_verifiers: bool) -> None:
+    """The job's recipe (train_recipe.yaml) and request (train_request.json), in its work folder."""
+    work = Path(request.work_dir)
+    atomic_write_text(work / RECIPE_FILE, request.recipe.to_yaml())
+    atomic_write_json(work / REQUEST_FILE, dict(request.to_json(), use_pack_verifiers=use_pack_verifiers))
 
 
 def first_error(log_path: Path) -> str:
@@ -147,20 +141,13 @@ def run_job(recipe: Recipe, iter_dir: Path, task: str = "train") -> None:
         )
 
 
-def launch_stages(
-    recipe: Recipe,
-    iter_dir: Path,
-    init: Optional[Path],
-    out_dir: Path,
-    system_prompt: str,
-    use_pack_verifiers: bool = False,
-) -> dict:
-    """Run the stages in a launched job and return its metrics (train_metrics.json)."""
-    iter_dir = Path(iter_dir)
-    recipe = with_launcher_deepspeed(recipe, iter_dir)
-    write_request(recipe, iter_dir, init, out_dir, system_prompt, use_pack_verifiers)
-    run_job(recipe, iter_dir, "train")
-    return json.loads((iter_dir / "train_metrics.json").read_text())
+def launch_stages(request: TrainRequest, use_pack_verifiers: bool = False) -> dict:
+    """Run the objectives in a launched job and return its metrics (train_metrics.json)."""
+    work = Path(request.work_dir)
+    request = dataclasses.replace(request, recipe=with_launcher_deepspeed(request.recipe, work))
+    write_request(request, use_pack_verifiers)
+    run_job(request.recipe, work, "train")
+    return json.loads(request.metrics_file.read_text())
 
 
 def launch_heal(recipe: Recipe, job_dir: Path, init: Path, out_dir: Path, texts: list[str]) -> dict:

@@ -1,10 +1,11 @@
-"""The imitation step of one iteration: run `recipe.train.stages` in order, then save the student.
+"""The imitation step of one iteration: run the recipe's objectives (`train.stages`) in order, then save the student.
 
-    train_student(recipe, iter_dir, init, out_dir, system_prompt, verifier) -> metrics
+    train_student(TrainRequest(recipe, data, out_dir, work_dir, init, system_prompt, dpo_pairs), verifier) -> metrics
 
-Inputs in iter_dir: teacher.jsonl (rows with status "ok" are trained on), dpo_pairs.jsonl for dpo.
-Outputs: checkpoints/<stage>/ (resume points while the stage runs, final/ when it is done),
-train_metrics.json {"stages": {<stage>: {...}}, "student": out_dir}, and the student in out_dir.
+Inputs: request.data (teacher.jsonl: rows with status "ok" are trained on), request.dpo_pairs for dpo.
+Outputs in request.work_dir: checkpoints/<objective>/ (resume points while it runs, final/ when it is
+done), train_metrics.json {"stages": {<objective>: {...}}, "student": out_dir, totals}; the student in
+request.out_dir. This module is train_metrics.json's only writer.
 
 A stage whose metrics are recorded is not run again: a resumed call starts the next stage from the
 finished one's final/ folder, and a stage killed mid-way resumes from its newest checkpoint.
@@ -19,12 +20,12 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from sdk.config import Recipe
 from sdk.errors import DistilleryError
 from sdk.progress import log
 from sdk.store import atomic_write_json, read_jsonl
 from sdk.train.common import (
     StageContext,
+    TrainRequest,
     Verifier,
     barrier,
     export_student,
@@ -39,48 +40,42 @@ from sdk.train.kd import check_local_teacher, kd_preflight, kd_stage
 from sdk.train.rlaif import rlaif_stage
 from sdk.train.sft import sft_stage
 
-METRICS_FILE = "train_metrics.json"
-STAGES = {"sft": sft_stage, "kd": kd_stage, "dpo": dpo_stage, "rlaif": rlaif_stage}
+OBJECTIVES = {"sft": sft_stage, "kd": kd_stage, "dpo": dpo_stage, "rlaif": rlaif_stage}  # train.stages names them
 
 
-def train_student(
-    recipe: Recipe, iter_dir: Path, init: Path | None, out_dir: Path, system_prompt: str, verifier=None
-) -> dict:
-    """Run recipe.train.stages in order on this iteration's data; save the student to out_dir; return metrics."""
-    iter_dir = Path(iter_dir)
-    preflight(recipe, iter_dir, init)
-    if recipe.train.launcher.kind != "local":
+def train_student(request: TrainRequest, verifier=None) -> dict:
+    """Run the recipe's objectives in order on the request's data; save the student to out_dir; return metrics."""
+    preflight(request)
+    if request.recipe.train.launcher.kind != "local":
         from sdk.train.launch import launch_stages
 
-        return launch_stages(recipe, iter_dir, init, out_dir, system_prompt, use_pack_verifiers=verifier is not None)
-    return run_stages(recipe, iter_dir, init, out_dir, system_prompt, verifier)
+        return launch_stages(request, use_pack_verifiers=verifier is not None)
+    return run_stages(request, verifier)
 
 
-def preflight(recipe: Recipe, iter_dir: Path, init: Optional[Path]) -> None:
+def preflight(request: TrainRequest) -> None:
     """Checks that need no student, so a bad recipe fails in seconds rather than after an SFT stage."""
-    stages = recipe.train.stages
-    if not (iter_dir / "teacher.jsonl").is_file():
-        raise DistilleryError(f"nothing to train on: {iter_dir / 'teacher.jsonl'} does not exist")
+    recipe, stages = request.recipe, request.recipe.train.stages
+    if not Path(request.data).is_file():
+        raise DistilleryError(f"nothing to train on: {request.data} does not exist")
     if "kd" in stages:
-        kd_preflight(recipe, init)
+        kd_preflight(recipe, request.init)
     if "rlaif" in stages:
         check_local_teacher(recipe, "rlaif")
     if "dpo" in stages:
         from sdk.train.dpo import load_pairs
 
-        load_pairs(iter_dir)
+        load_pairs(request.dpo_pairs)
 
 
-def read_metrics(iter_dir: Path) -> dict:
-    path = Path(iter_dir) / METRICS_FILE
+def read_metrics(path: Path) -> dict:
     data = json.loads(path.read_text()) if path.is_file() else {}
     return (
         data if isinstance(data.get("stages"), dict) else {"stages": {}}
     )  # a file the caller rewrote is no resume point
 
 
-def training_rows(iter_dir: Path) -> list[dict]:
-    path = Path(iter_dir) / "teacher.jsonl"
+def training_rows(path: Path) -> list[dict]:
     rows = [r for r in read_jsonl(path) if r.get("status") == "ok" and r.get("answer")]
     if not rows:
         raise DistilleryError(f"no usable teacher answers to train on (see {path} for the reasons)")
@@ -111,28 +106,13 @@ def process_summary(trainer) -> dict:
     }
 
 
-def run_stages(
-    recipe: Recipe,
-    iter_dir: Path,
-    init: Optional[Path],
-    out_dir: Path,
-    system_prompt: str,
-    verifier: Optional[Verifier] = None,
-) -> dict:
-    """Run every stage in this process (one rank of a launched job, or the only process)."""
+def run_stages(request: TrainRequest, verifier: Optional[Verifier] = None) -> dict:
+    """Run every objective in this process (one rank of a launched job, or the only process)."""
     from transformers import set_seed
 
-    iter_dir = Path(iter_dir)
-    init = Path(init) if init is not None else None
-    ctx = StageContext(
-        recipe=recipe,
-        iter_dir=iter_dir,
-        init=init,
-        system_prompt=system_prompt,
-        rows=training_rows(iter_dir),
-        verifier=verifier,
-    )
-    metrics = read_metrics(iter_dir)
+    recipe, init, out_dir = request.recipe, request.init, Path(request.out_dir)
+    ctx = StageContext(request=request, rows=training_rows(request.data), verifier=verifier)
+    metrics = read_metrics(request.metrics_file)
     previous: Optional[Path] = None
     for stage in recipe.train.stages:
         final = ctx.stage_dir(stage) / "final"
@@ -144,25 +124,25 @@ def run_stages(
         set_seed(recipe.seed)
         reset_accelerator_state()
         model, tokenizer = load_stage_model(recipe, init, previous)
-        trainer, stage_metrics = STAGES[stage](model, tokenizer, ctx)
+        trainer, stage_metrics = OBJECTIVES[stage](model, tokenizer, ctx)
         stage_metrics = {"objective": stage, **stage_metrics, **run_trainer(trainer, ctx.stage_dir(stage))}
         stage_metrics.update(log_summary(trainer))
         stage_metrics.update(process_summary(trainer))
         save_stage_output(trainer, tokenizer, final)
         metrics["stages"][stage] = stage_metrics
         if is_main_process():
-            atomic_write_json(iter_dir / METRICS_FILE, metrics)
+            atomic_write_json(request.metrics_file, metrics)
         previous = final
         del trainer, model
     if is_main_process():
-        export_student(recipe, init, previous, Path(out_dir))
+        export_student(recipe, init, previous, out_dir)
         metrics.update(
-            student=str(Path(out_dir).resolve()),
+            student=str(out_dir.resolve()),
             lora=recipe.train.lora.enabled,
             rows=len(ctx.rows),
             init=str(init) if init else "initial student",
         )
-        atomic_write_json(iter_dir / METRICS_FILE, with_totals(metrics))
+        atomic_write_json(request.metrics_file, with_totals(metrics))
     barrier()
     return metrics
 
@@ -184,6 +164,6 @@ def with_totals(metrics: dict) -> dict:
     )
 
 
-def record_skipped(iter_dir: Path, reason: str) -> None:
+def record_skipped(request: TrainRequest, reason: str) -> None:
     """An iteration with nothing to train on keeps the previous student; its metrics say why."""
-    atomic_write_json(Path(iter_dir) / METRICS_FILE, {"skipped": reason, "steps": 0, "loss_history": []})
+    atomic_write_json(request.metrics_file, {"skipped": reason, "steps": 0, "loss_history": []})

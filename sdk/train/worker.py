@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from sdk.config import validate_recipe
     from sdk.progress import quiet_libraries
-    from sdk.train.common import start_cpu_deepspeed
+    from sdk.train.common import TrainRequest, start_cpu_deepspeed
     from sdk.train.launch import RECIPE_FILE, REQUEST_FILE
     from sdk.train.runner import run_stages
 
@@ -50,8 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         from sdk.packs import resolve_pack
 
         verifier = resolve_pack(recipe.domain, recipe.pack_paths).run_verifiers
-    init = Path(request["init"]) if request.get("init") else None
-    run_stages(recipe, iter_dir, init, Path(request["out_dir"]), request["system_prompt"], verifier)
+    run_stages(TrainRequest.from_json(recipe, request), verifier)
 
 
 if __name__ == "__main__":
