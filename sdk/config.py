@@ -552,12 +552,18 @@ def yaml_problem(exc: BaseException) -> str:
     """One line on why yaml.safe_load failed."""
     if isinstance(exc, RecursionError):
         return "nested too deeply"
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem and exc.problem_mark:
+        mark = exc.problem_mark
+        return f"{printable(exc.problem)} (line {mark.line + 1}, column {mark.column + 1})"
     lines = str(exc).splitlines()
     first = printable(lines[0]) if lines else type(exc).__name__
-    return first if isinstance(exc, yaml.YAMLError) else f"{type(exc).__name__}: {first}"
+    if isinstance(exc, yaml.YAMLError):
+        return first
+    return f"a value cannot be converted ({type(exc).__name__}: {first})"
 
 
 def not_utf8(exc: UnicodeDecodeError) -> str:
+    """One line on where a file stops being UTF-8."""
     return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
 
 

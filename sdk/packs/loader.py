@@ -34,7 +34,8 @@ def _field_errors(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = printable(".".join(str(p) for p in err["loc"])) or "(top level)"
-        msg = "unknown field" if err["type"] == "extra_forbidden" else printable(err["msg"].removeprefix("Value error, "))
+        msg = err["msg"].removeprefix("Value error, ")
+        msg = "unknown field" if err["type"] == "extra_forbidden" else printable(msg)
         parts.append(f"field '{loc}': {msg}")
     return "; ".join(parts)
 
