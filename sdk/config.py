@@ -271,6 +271,25 @@ class KDSettings(_Strict):
         le=1.0,
         description="this objective's learning rate (null = train.learning_rate: KD is as stable as SFT)",
     )
+    source: Literal["auto", "store", "online"] = Field(
+        "auto",
+        description="store = train from the teacher's top-k stored at labeling (no teacher in memory); online = the "
+        "teacher beside the student (GKD: any beta, on-policy lmbda); auto = store for offline forward KL "
+        "(beta 0, lmbda 0, temperature 1), else online",
+    )
+    top_k: int = Field(
+        20, ge=1, le=1024, description="store: teacher log-probabilities kept per token (plus the tail mass)"
+    )
+    ce_weight: float = Field(0.0, ge=0.0, le=10.0, description="store: weight of cross-entropy on the teacher's token")
+
+    @model_validator(mode="after")
+    def _store(self) -> KDSettings:
+        if self.source == "store" and (self.beta != 0 or self.lmbda != 0 or self.temperature != 1.0):
+            raise ValueError(
+                "source 'store' trains forward KL on the teacher's stored top-k: it needs beta 0, lmbda 0 and "
+                "temperature 1 (reverse KL, on-policy samples and a temperature need the teacher online: source online)"
+            )
+        return self
 
 
 class DPOSettings(_Strict):

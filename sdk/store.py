@@ -160,6 +160,7 @@ class IterationLayout(_Folder):
     # label
     teacher = _file("teacher.jsonl")
     teacher_journal = _file("teacher.partial.jsonl")
+    teacher_logits = _file("teacher_logits")  # the teacher's top-k per answer token, for kd from the store
     # train
     dpo_pairs = _file("dpo_pairs.jsonl")
     dpo_pairs_dropped = _file("dpo_pairs_dropped.jsonl")  # written by the dpo objective

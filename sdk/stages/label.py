@@ -21,9 +21,44 @@ def run(ctx, k: int):
         before = earlier[r["id"]]
         return dict(r, answer=before["answer"], status="ok", provenance=dict(before["provenance"], reused=True))
 
-    path = ctx.store.write_jsonl(it.teacher, [answers[r["id"]] if r["id"] in answers else reused(r) for r in pool])
+    rows = [answers[r["id"]] if r["id"] in answers else reused(r) for r in pool]
+    stored = store_teacher_logits(ctx, k, [r for r in rows if r["status"] == "ok"])  # before the journal goes
+    path = ctx.store.write_jsonl(it.teacher, rows)
     journal.remove()
-    return [path]
+    return [path] + stored
+
+
+LOGIT_KEYS = tuple(
+    f"train.kd.{k}" for k in ("source", "top_k", "beta", "lmbda", "temperature")
+)  # what the store depends on
+
+
+def stores_logits(recipe) -> bool:
+    """The label stage stores the teacher's top-k when kd will train from it: kd.source store, or auto with
+    the offline forward KL the store serves (beta 0, no on-policy samples, temperature 1), and a local teacher."""
+    kd = recipe.train.kd
+    offline = kd.beta == 0 and kd.lmbda == 0 and kd.temperature == 1.0
+    wanted = kd.source == "store" or (kd.source == "auto" and offline)
+    return "kd" in recipe.train.stages and wanted and recipe.models.teacher.provider != "openai"
+
+
+def store_teacher_logits(ctx, k: int, rows: list[dict]) -> list:
+    """One teacher forward pass over each answer; its top-k per token goes to iter_<k>/teacher_logits/ (resumable)."""
+    if not stores_logits(ctx.recipe):
+        return []
+    from sdk.progress import log
+    from sdk.train.logit_store import FillSettings, LogitStore, fill_from_local_teacher
+
+    folder = ctx.layout.iteration(k).teacher_logits
+    with LogitStore(folder, ctx.recipe.train.kd.top_k) as store:
+        settings = FillSettings(batch_size=ctx.recipe.eval.batch_size)
+        summary = fill_from_local_teacher(
+            store, ctx.teacher.model, ctx.teacher.tokenizer, rows, ctx.pack.spec.system_prompt, settings
+        )
+    log(
+        f"stored the teacher's top-{summary['top_k']} for {summary['rows']} answers ({summary['tokens']} tokens, {summary['bytes_per_token']:.0f} bytes per token)"
+    )
+    return [folder]
 
 
 STAGE = Stage(
@@ -31,6 +66,6 @@ STAGE = Stage(
     run,
     per_iteration=True,
     reads=("iteration.train_pool", "previous.teacher"),
-    writes=("iteration.teacher",),
-    recipe=("domain", "models.teacher", "curation.teacher_context"),
+    writes=("iteration.teacher", "iteration.teacher_logits"),
+    recipe=("domain", "models.teacher", "curation.teacher_context", "train.stages", *LOGIT_KEYS),
 )

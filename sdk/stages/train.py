@@ -61,7 +61,9 @@ def run(ctx, k: int):
         write_dpo_pairs(ctx, k, rows, init)
     if ctx.recipe.train.launcher.kind != "local":
         ctx.release_models()  # the launched processes load what they need; this one keeps no weights meanwhile
-    request = TrainRequest(ctx.recipe, it.teacher, it.student, it.dir, init, ctx.pack.spec.system_prompt, it.dpo_pairs)
+    request = TrainRequest(
+        ctx.recipe, it.teacher, it.student, it.dir, init, ctx.pack.spec.system_prompt, it.dpo_pairs, it.teacher_logits
+    )
     train_student(request, verifier=ctx.pack.run_verifiers)
     dpo = [it.dpo_pairs, it.dpo_pairs_dropped] if "dpo" in ctx.recipe.train.stages else []
     return [it.student, it.train_metrics, it.checkpoints] + dpo

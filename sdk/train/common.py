@@ -35,46 +35,33 @@ class TrainRequest:
     init: Optional[Path] = None  # the weights to start from (None: the recipe's student)
     system_prompt: str = ""
     dpo_pairs: Optional[Path] = None  # preference pairs, for dpo
+    teacher_logits: Optional[Path] = (
+        None  # the teacher's stored top-k (sdk/train/logit_store.py), for kd from the store
+    )
+
+    PATHS = ("data", "out_dir", "work_dir", "init", "dpo_pairs", "teacher_logits")
 
     @classmethod
     def in_folder(
         cls, recipe: Recipe, folder: Path, out_dir: Path, init: Optional[Path] = None, system_prompt: str = ""
     ):
-        """The pipeline's shape: teacher.jsonl and dpo_pairs.jsonl in one folder, which is also the work folder."""
+        """The pipeline's shape: teacher.jsonl, dpo_pairs.jsonl and teacher_logits/ in one folder, also the work folder."""
         folder = Path(folder)
-        return cls(
-            recipe, folder / "teacher.jsonl", Path(out_dir), folder, init, system_prompt, folder / "dpo_pairs.jsonl"
-        )
+        data, pairs, logits = folder / "teacher.jsonl", folder / "dpo_pairs.jsonl", folder / "teacher_logits"
+        return cls(recipe, data, Path(out_dir), folder, init, system_prompt, pairs, logits)
 
     @property
     def metrics_file(self) -> Path:
         return Path(self.work_dir) / "train_metrics.json"
 
     def to_json(self) -> dict:
-        paths = {
-            k: str(Path(v).resolve()) if v is not None else None
-            for k, v in (
-                ("data", self.data),
-                ("out_dir", self.out_dir),
-                ("work_dir", self.work_dir),
-                ("init", self.init),
-                ("dpo_pairs", self.dpo_pairs),
-            )
-        }
+        paths = {k: str(Path(getattr(self, k)).resolve()) if getattr(self, k) is not None else None for k in self.PATHS}
         return dict(paths, system_prompt=self.system_prompt)
 
     @classmethod
     def from_json(cls, recipe: Recipe, data: dict) -> TrainRequest:
-        path = lambda key: Path(data[key]) if data.get(key) else None  # noqa: E731
-        return cls(
-            recipe,
-            path("data"),
-            path("out_dir"),
-            path("work_dir"),
-            path("init"),
-            data.get("system_prompt", ""),
-            path("dpo_pairs"),
-        )
+        paths = {k: Path(data[k]) if data.get(k) else None for k in cls.PATHS}
+        return cls(recipe=recipe, system_prompt=data.get("system_prompt", ""), **paths)
 
 
 @dataclass

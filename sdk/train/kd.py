@@ -112,7 +112,35 @@ def _trainer_class():
     return KDTrainer
 
 
+def teacher_store(ctx: StageContext):
+    """The teacher's stored top-k to train from (kd.source store, or auto when the label stage filled one), or None."""
+    from sdk.train.logit_store import LogitStore
+
+    kd, folder = ctx.settings.kd, ctx.request.teacher_logits
+    found = folder is not None and (Path(folder) / "meta.json").is_file()
+    if kd.source == "online" or (kd.source == "auto" and not found):
+        return None
+    if not found:
+        raise DistilleryError(
+            f"kd.source is 'store' but {folder} holds no stored teacher top-k (the label stage fills it)"
+        )
+    return LogitStore(folder)
+
+
 def kd_stage(model, tokenizer, ctx: StageContext):
+    """The kd objective: from the teacher's stored top-k when there is one (no teacher in memory), else online."""
+    store = teacher_store(ctx)
+    if store is not None:
+        from sdk.train.kd_store import store_kd_trainer
+
+        kd = ctx.settings.kd
+        trainer = store_kd_trainer(model, tokenizer, ctx, store, kd.ce_weight)
+        return trainer, {"examples": len(ctx.rows), "source": "store", "top_k": store.top_k, "ce_weight": kd.ce_weight}
+    return online_kd(model, tokenizer, ctx)
+
+
+def online_kd(model, tokenizer, ctx: StageContext):
+    """GKD with the teacher loaded beside the student: any beta, on-policy sampling (lmbda), temperature."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from trl.experimental.gkd import GKDConfig
 
@@ -151,4 +179,5 @@ def kd_stage(model, tokenizer, ctx: StageContext):
         train_dataset=kd_dataset(ctx.rows, ctx.system_prompt),
         processing_class=tokenizer,
     )
-    return trainer, {"examples": len(ctx.rows), "beta": kd.beta, "lmbda": kd.lmbda, "temperature": kd.temperature}
+    summary = {"examples": len(ctx.rows), "source": "online", "beta": kd.beta, "lmbda": kd.lmbda}
+    return trainer, dict(summary, temperature=kd.temperature)

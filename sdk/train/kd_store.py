@@ -31,7 +31,7 @@ from sdk.errors import DistilleryError
 from sdk.train.common import StageContext, lora_config, training_args_kwargs
 from sdk.train.logit_store import LogitStore, prompt_digest
 
-STAGE = "kd_store"  # checkpoints in ctx.stage_dir(STAGE)
+STAGE = "kd"  # checkpoints in ctx.stage_dir(STAGE): the kd objective's, whichever source trains it
 ROW_ID = "row_id"  # the dataset column that names a row's stored top-k
 TEACHER_KEYS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail_logprob")
 _STUDENT_TAIL_FLOOR = -16.0  # log(1e-7): float32 cannot resolve less mass outside the top-k as 1 - sum exp(s_i)
