@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -43,27 +44,33 @@ def _finish(result, strict: bool = False) -> None:
     failed = [v for v in result.metrics.get("checks", {}).values() if v != "passed"]
     if strict and failed:
         Console(stderr=True).print(f"--strict: {'; '.join(failed)}")
-        raise typer.Exit(3)
+        raise click.exceptions.Exit(3)
 
 
-@app.command()
-def run(
-    domain: str = typer.Option(..., "--domain", "-d", help="pack name or alias, e.g. medical"),
-    preset: str = typer.Option("demo", help="smoke | demo | full"),
-    config: Optional[Path] = typer.Option(None, "--config", help="recipe YAML layered over the preset"),
-    set_: list[str] = typer.Option([], "--set", help="override a recipe key: --set train.epochs=2 (repeatable)"),
-    run_dir: Optional[Path] = typer.Option(
-        None, "--run-dir", help="where to write the run (default runs/<domain>-<preset>-<time>)"
-    ),
-    pack_path: list[Path] = typer.Option([], "--pack-path", help="extra folder to discover packs in (repeatable)"),
-    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
-):
-    """Run the distillation loop for a domain."""
+@click.command("run", help="Run the distillation loop for a domain.")
+@click.option("--domain", "-d", required=True, help="pack name or alias, e.g. medical")
+@click.option("--preset", default="demo", show_default=True, help="smoke | demo | full")
+@click.option("--config", type=click.Path(path_type=Path), default=None, help="recipe YAML layered over the preset")
+@click.option("--set", "set_", multiple=True, help="override a recipe key: --set train.epochs=2 (repeatable)")
+@click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="where to write the run (default runs/<domain>-<preset>-<time>)",
+)
+@click.option(
+    "--pack-path", type=click.Path(path_type=Path), multiple=True, help="extra folder to discover packs in (repeatable)"
+)
+@click.option("--strict", is_flag=True, default=False, help=STRICT_HELP)
+def run(**options):
+    # click's style: the options arrive as keywords (seven of them), read by name
     from sdk.api import distill
 
-    _finish(
-        distill(domain=domain, preset=preset, run_dir=run_dir, config=config, pack_paths=pack_path, set=set_), strict
-    )
+    result = distill(
+        domain=options["domain"], preset=options["preset"], run_dir=options["run_dir"], config=options["config"],
+        set=list(options["set_"]), pack_paths=list(options["pack_path"]),
+    )  # fmt: skip
+    _finish(result, options["strict"])
 
 
 @app.command()
@@ -101,28 +108,42 @@ def report(run_dir: Path = typer.Argument(...)):
         out.print(f"report: {write_report(run_dir, metrics)}")
 
 
-@app.command()
-def ingest(
-    domain: Optional[str] = typer.Option(None, "--domain", "-d", help="index this pack's corpus"),
-    corpus: Optional[Path] = typer.Option(None, "--corpus", help="index this folder"),
-    index_dir: Path = typer.Option(..., "--index-dir", help="where the index is kept (reused when unchanged)"),
-    chunk_size: Optional[int] = typer.Option(None, help="tokens per chunk (default: the pack's, else 384)"),
-    chunk_overlap: Optional[int] = typer.Option(None, help="overlap in tokens (default: the pack's, else 48)"),
-    index_type: str = typer.Option("auto", help="auto | flat | hnsw | ivf"),
-    flat_max_vectors: int = typer.Option(20000, help="auto: flat index up to this many chunks, HNSW beyond"),
-    pack_path: list[Path] = typer.Option([], "--pack-path"),
-):
-    """Read, chunk, embed and index a corpus (llama-index + sentence-transformers + FAISS)."""
+@click.command("ingest", help="Read, chunk, embed and index a corpus (llama-index + sentence-transformers + FAISS).")
+@click.option("--domain", "-d", default=None, help="index this pack's corpus")
+@click.option("--corpus", type=click.Path(path_type=Path), default=None, help="index this folder")
+@click.option(
+    "--index-dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="where the index is kept (reused when unchanged)",
+)
+@click.option("--chunk-size", type=int, default=None, help="tokens per chunk (default: the pack's, else 384)")
+@click.option("--chunk-overlap", type=int, default=None, help="overlap in tokens (default: the pack's, else 48)")
+@click.option("--index-type", default="auto", show_default=True, help="auto | flat | hnsw | ivf")
+@click.option(
+    "--flat-max-vectors",
+    type=int,
+    default=20000,
+    show_default=True,
+    help="auto: flat index up to this many chunks, HNSW beyond",
+)
+@click.option(
+    "--pack-path", type=click.Path(path_type=Path), multiple=True, help="extra folder to discover packs in (repeatable)"
+)
+def ingest(**options):
+    # click's style: the options arrive as keywords (eight of them), read by name
     from sdk.knowledge.ingest import IndexSettings
     from sdk.knowledge.ingest import ingest as run_ingest
 
+    domain, corpus, index_dir = options["domain"], options["corpus"], options["index_dir"]
+    chunk_size, chunk_overlap = options["chunk_size"], options["chunk_overlap"]
     if (domain is None) == (corpus is None):
         raise DistilleryError("give exactly one of --domain NAME or --corpus DIR")
-    settings = IndexSettings(index_type=index_type, flat_max_vectors=flat_max_vectors)
+    settings = IndexSettings(index_type=options["index_type"], flat_max_vectors=options["flat_max_vectors"])
     if domain is not None:
         from sdk.packs import resolve_pack
 
-        pack = resolve_pack(domain, pack_path)
+        pack = resolve_pack(domain, list(options["pack_path"]))
         corpus = pack.corpus_dir()
         settings.chunk_size, settings.chunk_overlap = pack.spec.retrieval.chunk_size, pack.spec.retrieval.chunk_overlap
     settings.chunk_size = chunk_size or settings.chunk_size
@@ -300,12 +321,26 @@ def cache_clear(
     out.print(f"deleted {cache.clear(model)} entries from {cache.path}")
 
 
+def command() -> click.Group:
+    """The whole command: the typer app, plus `run` and `ingest` written with click (their many options
+    arrive as one mapping)."""
+    group = typer.main.get_command(app)
+    group.add_command(run)
+    group.add_command(ingest)
+    return group
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr, never a traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     err = Console(stderr=True)
     try:
-        app()
+        command()(prog_name="distill")
+    except (click.exceptions.Exit, typer.Exit) as exc:  # --help, or a command's exit status, from the click commands
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # a bad option: click's usage error
+        exc.show()
+        sys.exit(exc.exit_code)
     except DistilleryError as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(getattr(exc, "exit_code", 2))
