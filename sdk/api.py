@@ -91,6 +91,7 @@ def resume(run_dir: str | os.PathLike, set: list[str] | None = None) -> RunResul
         changed = changed_keys(old.model_dump(mode="json"), recipe.model_dump(mode="json"))
     with RunLock(run_dir):
         store = RunStore(run_dir)
+        store.sweep_temp_files()  # what a killed session was writing when it died
         pipeline = Pipeline(recipe, store, changed)  # refuses a change to a section a finished stage read
         if set:
             atomic_write_text(store.layout.config, pipeline.recipe.to_yaml())

@@ -241,6 +241,19 @@ class RunStore:
         self.layout = RunLayout(self.root)
         self._manifest = self._load_manifest()
 
+    def sweep_temp_files(self) -> int:
+        """Remove what a killed session left half-written: temp files of atomic writes (`.<name>.<random>.tmp`)
+        and temp folders (`student.tmp`, `final.tmp`). Call it with the run's lock held. Returns how many."""
+        import shutil
+
+        found = sorted(self.root.rglob("*.tmp"), key=lambda p: len(p.parts), reverse=True)
+        for path in found:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return len(found)
+
     def lock(self) -> RunLock:
         """The run directory's exclusive lock: `with store.lock(): ...` (one writer per run)."""
         return RunLock(self.root)

@@ -281,3 +281,14 @@ def test_sigterm_marks_the_run_stopped_and_prints_the_resume_command(tmp_path):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "stopped" and manifest["reason"].startswith("stopped by SIGTERM during stage")
     assert not list(run_dir.rglob("*.tmp"))  # no half-written file
+
+
+def test_a_resume_sweeps_what_a_killed_session_was_writing(tmp_path):
+    store = RunStore(tmp_path)
+    (tmp_path / "budget").mkdir()
+    (tmp_path / "budget" / ".teacher.json.k2j3.tmp").write_text("{")
+    (tmp_path / "iter_00" / "checkpoints" / "sft" / "final.tmp").mkdir(parents=True)
+    (tmp_path / "iter_00" / "checkpoints" / "sft" / "final.tmp" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / "iter_00" / "teacher.jsonl").write_text("{}\n")
+    assert store.sweep_temp_files() == 3
+    assert not list(tmp_path.rglob("*.tmp")) and (tmp_path / "iter_00" / "teacher.jsonl").is_file()
