@@ -273,9 +273,9 @@ class KDSettings(_Strict):
     )
     source: Literal["auto", "store", "online"] = Field(
         "auto",
-        description="store = train from the teacher's top-k stored at labeling (no teacher in memory); online = the "
-        "teacher beside the student (GKD: any beta, on-policy lmbda); auto = store for offline forward KL "
-        "(beta 0, lmbda 0, temperature 1), else online",
+        description="store = the label stage stores the teacher's top-k and kd trains from it (no teacher in memory; "
+        "needs beta 0, lmbda 0, temperature 1); online = the teacher beside the student (GKD: any beta, on-policy "
+        "lmbda); auto = from a store when the iteration has one, else online",
     )
     top_k: int = Field(
         20, ge=1, le=1024, description="store: teacher log-probabilities kept per token (plus the tail mass)"

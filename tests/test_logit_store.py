@@ -327,7 +327,8 @@ def test_label_stage_stores_the_top_k_and_kd_trains_from_it_without_the_teacher(
         "models.teacher.provider": "hf", "models.teacher.name_or_path": str(teacher),
         "models.teacher.generation.max_new_tokens": 12, "models.student.provider": "hf",
         "models.student.name_or_path": str(student), "train.stages": ["kd"], "train.kd.beta": 0.0,
-        "train.kd.lmbda": 0.0, "train.max_steps": 3, "train.batch_size": 2, "train.save_steps": 2,
+        "train.kd.lmbda": 0.0,
+        "train.kd.source": "store", "train.max_steps": 3, "train.batch_size": 2, "train.save_steps": 2,
     }  # fmt: skip
     pipeline = Pipeline(load_recipe("smoke", overrides=overrides), RunStore(tmp_path / "run"))
     ctx, it = pipeline.ctx, pipeline.store.layout.iteration(0)
@@ -338,9 +339,16 @@ def test_label_stage_stores_the_top_k_and_kd_trains_from_it_without_the_teacher(
     ctx.store.write_jsonl(it.teacher, rows)  # the teacher's answers, as the label stage writes them
     ctx.store.write_json(ctx.layout.student_init, {"path": None})
 
-    assert label.stores_logits(ctx.recipe)  # kd.source auto with offline forward KL: the label stage stores the top-k
+    assert label.stores_logits(ctx.recipe)  # kd.source store: the label stage stores the top-k
     sft_only = ctx.recipe.model_copy(update={"train": ctx.recipe.train.model_copy(update={"stages": ["sft"]})})
-    assert not label.stores_logits(sft_only)
+    online = ctx.recipe.model_copy(
+        update={
+            "train": ctx.recipe.train.model_copy(
+                update={"kd": ctx.recipe.train.kd.model_copy(update={"source": "auto"})}
+            )
+        }
+    )
+    assert not label.stores_logits(sft_only) and not label.stores_logits(online)
     assert label.store_teacher_logits(ctx, 0, rows) == [it.teacher_logits]
     stored = LogitStore(it.teacher_logits)
     assert sorted(stored.row_ids()) == sorted(r["id"] for r in rows) and stored.top_k == 20

@@ -34,12 +34,11 @@ LOGIT_KEYS = tuple(
 
 
 def stores_logits(recipe) -> bool:
-    """The label stage stores the teacher's top-k when kd will train from it: kd.source store, or auto with
-    the offline forward KL the store serves (beta 0, no on-policy samples, temperature 1), and a local teacher."""
-    kd = recipe.train.kd
-    offline = kd.beta == 0 and kd.lmbda == 0 and kd.temperature == 1.0
-    wanted = kd.source == "store" or (kd.source == "auto" and offline)
-    return "kd" in recipe.train.stages and wanted and recipe.models.teacher.provider != "openai"
+    """The label stage stores the teacher's top-k when the recipe asks kd to train from it (kd.source store)
+    and the teacher is local; kd.source auto then trains from the store it finds."""
+    return (
+        "kd" in recipe.train.stages and recipe.train.kd.source == "store" and recipe.models.teacher.provider != "openai"
+    )
 
 
 def store_teacher_logits(ctx, k: int, rows: list[dict]) -> list:
