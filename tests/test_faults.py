@@ -272,8 +272,15 @@ def test_sigterm_marks_the_run_stopped_and_prints_the_resume_command(tmp_path):
         text=True,
     )
     deadline = time.time() + 600
-    while time.time() < deadline and not (run_dir / "eval" / "teacher.partial.jsonl").exists() and proc.poll() is None:
-        time.sleep(0.2)
+
+    def ingested() -> bool:  # the manifest lists ingest: eval_teacher (loading the teacher, answering) is under way
+        try:
+            return "ingest" in json.loads((run_dir / "manifest.json").read_text())["stages"]
+        except (OSError, ValueError, KeyError):
+            return False
+
+    while time.time() < deadline and not ingested() and proc.poll() is None:
+        time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
