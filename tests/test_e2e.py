@@ -95,7 +95,7 @@ def test_a_smoke_run_writes_only_declared_files(smoke_run):
     store = RunStore(root)
     layout = store.layout
     last = len(layout.iterations()) - 1
-    declared = {layout.config, layout.manifest, layout.budget("teacher").parent}
+    declared = {layout.config, layout.manifest, layout.lock, layout.budget("teacher").parent}  # the run's bookkeeping
     for name, info in store.manifest["stages"].items():
         stage_name = name.split("/")[-1]
         k = int(name.split("/")[0].split("_")[1]) if "/" in name else None
