@@ -156,6 +156,7 @@ def test_healed_student_cache_is_keyed_by_corpus_and_heal_settings(tiny_teacher,
     inputs = student_stage.StudentInputs(TEXTS, TEXTS[:1], prompts, ["An infection response."])
 
     first = student_stage.build(student_stage.StudentSettings(models, heal, 0), inputs, teacher, "tiny teacher")
+    assert "forward" not in vars(teacher_model)  # healing never wraps the run's teacher (it labels in full precision)
     assert first["prune"]["kept"][0] == 0 and first["prune"]["kept"][-1] == 7 and len(first["prune"]["kept"]) == 4
     assert (
         first["heal"]["steps"] == 2

@@ -63,10 +63,10 @@ def _trainer_class():
         def __init__(self, *args, teacher_model=None, beta: float = 0.0, temperature: float = 1.0, **kwargs):
             super().__init__(*args, **kwargs)
             # as GKDTrainer does: under DeepSpeed the teacher is sharded too (ZeRO-3), else placed for inference
-            if self.is_deepspeed_enabled:
+            if self.is_deepspeed_enabled:  # a launched job: the teacher is sharded like the student (ZeRO-3)
                 self.teacher_model = prepare_deepspeed(teacher_model, self.accelerator)
-            else:
-                self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+            else:  # the run's own teacher: moved, never wrapped (it labels in full precision after healing)
+                self.teacher_model = teacher_model.to(self.args.device)
             self.teacher_model.eval()
             self.beta, self.temperature = beta, temperature
 
