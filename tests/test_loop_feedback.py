@@ -5,7 +5,7 @@ The generator is a canned fake: these tests check which parents each prompt gets
 
 import pytest
 
-from sdk.adversarial.generation import GenerationPlan, Parents, generate_instructions, parent_pools
+from sdk.adversarial.generation import Parents, generate_instructions, parent_pools
 from sdk.config import GenerationSettings, load_recipe
 from sdk.errors import ConfigError
 from sdk.models.base import ChatBackend
@@ -13,6 +13,7 @@ from sdk.packs import resolve_pack
 from sdk.store import Journal
 from tests.conftest import TINY_PACKS
 from tests.test_adversarial import DISTINCT, EASY, HARD, _rows
+from tests.test_adversarial import _plan as adversarial_plan
 
 
 class CannedGenerator(ChatBackend):
@@ -56,19 +57,8 @@ def pack():
 
 
 def _plan(feedback, **kw):
-    base = dict(
-        n_new=16,
-        max_attempts=16,
-        hard_share=0.5,
-        rouge_threshold=0.7,
-        cosine_threshold=None,
-        min_words=4,
-        max_words=150,
-        seed=0,
-        iteration=0,
-        feedback=feedback,
-    )
-    return GenerationPlan(**{**base, **kw})
+    """test_adversarial's plan, with 16 attempts for 16 instructions and the feedback knob."""
+    return adversarial_plan(**{"n_new": 16, "max_attempts": 16, "feedback": feedback, **kw})
 
 
 def _generate(pack, feedback, generator, journal=None):
