@@ -299,3 +299,19 @@ def test_a_resume_sweeps_what_a_killed_session_was_writing(tmp_path):
     (tmp_path / "iter_00" / "teacher.jsonl").write_text("{}\n")
     assert store.sweep_temp_files() == 2  # the temp file and the temp folder (with what it held)
     assert not list(tmp_path.rglob("*.tmp")) and (tmp_path / "iter_00" / "teacher.jsonl").is_file()
+
+
+def test_a_read_only_run_directory_is_one_line(tmp_path):
+    """A run directory on a read-only filesystem: refused in one line at the first write, exit status 2."""
+    mount = tmp_path / "ro"
+    if not _mount_tmpfs(mount, "1m"):
+        pytest.skip("this machine does not let the test mount a tmpfs")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        proc = subprocess.run(
+            distill_cmd() + ["run", *TINY, "--run-dir", str(mount / "run")], capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "read-only file system" in _one_line_error(proc)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
