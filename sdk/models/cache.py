@@ -58,14 +58,7 @@ class ResponseCache:
         # One connection per process (a forked child opens its own), opened on first use.
         if self._conn is None or self._pid != os.getpid():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                conn = self._connect()
-            except sqlite3.DatabaseError as exc:
-                if not _corrupt(exc):
-                    raise
-                self._quarantine(exc)
-                conn = self._connect()
-            self._conn, self._pid = conn, os.getpid()
+            self._conn, self._pid = self._connect(), os.getpid()  # a damaged file raises here: see _guarded
         return self._conn
 
     def _connect(self) -> sqlite3.Connection:
@@ -163,8 +156,8 @@ class ResponseCache:
         """Delete every entry (or one model's); returns how many were deleted."""
         if not self.path.exists():
             return 0
-        with self._lock:
-            db = self._db()
+
+        def work(db) -> int:
             if model is None:
                 n = db.execute("DELETE FROM responses").rowcount
                 db.execute("DELETE FROM counters")
@@ -172,9 +165,11 @@ class ResponseCache:
                 n = db.execute("DELETE FROM responses WHERE model = ?", (model,)).rowcount
                 db.execute("DELETE FROM counters WHERE model = ?", (model,))
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return n
+
+        n = self._guarded(work)
         if model is None:
-            with self._lock:
-                self._db().execute("VACUUM")
+            self._guarded(lambda db: db.execute("VACUUM"))
         return n
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ def fidelity_start(ctx) -> Optional[float]:
 def fidelity_summary(ctx, student: LocalChatModel) -> dict:
     """KL(T||S), top-1 agreement and perplexity on the teacher's held-out answers, domain perplexity on
     held-out chunks; None where the teacher is an endpoint (no logits)."""
-    from sdk.evaluate.fidelity import fidelity, gap_closed, perplexity
+    from sdk.evaluate.fidelity import gap_closed
 
     empty = {
         "kl_per_token": None,
@@ -52,21 +52,14 @@ def fidelity_summary(ctx, student: LocalChatModel) -> dict:
     }
     if not ctx.white_box_teacher():
         return dict(empty, fidelity="unavailable: the teacher is an endpoint (no logits)")
-    teacher_rows = [r for r in ctx.store.read_jsonl(ctx.layout.eval.teacher) if r["status"] == "ok" and r.get("answer")]
     if student.tokenizer.get_vocab() != ctx.teacher.tokenizer.get_vocab():
         return dict(empty, fidelity="unavailable: the teacher's tokenizer differs from the student's")
-    convs = answer_conversations(ctx.pack.spec.system_prompt, [r["instruction"] for r in teacher_rows])
-    result = fidelity(
-        ctx.teacher.model,
-        student.model,
-        student.tokenizer,
-        [ctx.teacher.render(c) for c in convs],
-        [r["answer"] for r in teacher_rows],
-    )
-    summary = {k: result["summary"][k] for k in ("kl_per_token", "top1_agreement", "student_ppl")}
+    from sdk.stages.student import heldout_inputs, measure
+
+    measured = measure(ctx.teacher.model, student.model, student.tokenizer, heldout_inputs(ctx))
+    summary = {k: measured[k] for k in ("kl_per_token", "top1_agreement", "student_ppl")}
     summary["kl_gap_closed"] = gap_closed(fidelity_start(ctx), summary["kl_per_token"])
-    heldout = ctx.heldout_texts()
-    summary["domain_ppl"] = perplexity(student.model, student.tokenizer, heldout)["ppl"] if heldout else None
+    summary["domain_ppl"] = measured["domain_ppl"]
     return summary
 
 

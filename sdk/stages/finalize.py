@@ -59,21 +59,15 @@ def student_init_metrics(ctx) -> dict:
 
 
 def training_totals(iterations: list[dict]) -> dict:
-    history, offset = [], 0
-    for m in iterations:
-        for h in m["train"].get("loss_history", []):
-            history.append(
-                {"step": h["step"] + offset, "loss": h["loss"], "iteration": m["iteration"], "stage": h["stage"]}
-            )
-        offset += m["train"].get("steps", 0)
-    first = [m["train"].get("first_logged_loss") for m in iterations if m["train"].get("first_logged_loss") is not None]
-    last = [m["train"].get("last_logged_loss") for m in iterations if m["train"].get("last_logged_loss") is not None]
-    return {
-        "steps": offset,
-        "first_logged_loss": first[0] if first else None,
-        "last_logged_loss": last[-1] if last else None,
-        "loss_history": history,
-    }
+    """One loss curve over the run's iterations (each iteration's curve is already one over its objectives)."""
+    from sdk.train.common import concat_loss_curves
+
+    return concat_loss_curves(
+        [
+            (m["train"].get("loss_history", []), m["train"].get("steps", 0), {"iteration": m["iteration"]})
+            for m in iterations
+        ]
+    )
 
 
 def forgetting_metrics(ctx) -> dict:

@@ -265,20 +265,27 @@ def _build(target: Path, use_cache: bool, build) -> Path:
     return target
 
 
-def run(ctx):
-    """The stage: the corpus split, the teacher's held-out answers, and the build."""
+def heldout_inputs(ctx) -> StudentInputs:
+    """The corpus split (read once) and the teacher's held-out answers as rendered prompts (local teacher
+    only): what the student is pruned and healed on, and what its fidelity is measured on."""
     from sdk.models.chat import answer_conversations
 
-    train_chunks, _ = ctx.corpus_split()
+    train_chunks, heldout = ctx.corpus_split()
     white_box = ctx.white_box_teacher()
     teacher_rows = [r for r in ctx.store.read_jsonl(ctx.layout.eval.teacher) if r["status"] == "ok" and r.get("answer")]
     convs = answer_conversations(ctx.pack.spec.system_prompt, [r["instruction"] for r in teacher_rows])
-    inputs = StudentInputs(
+    return StudentInputs(
         train_chunks=[c["text"] for c in train_chunks],
-        heldout_chunks=ctx.heldout_texts(),
+        heldout_chunks=[c["text"] for c in heldout][: ctx.recipe.eval.heldout_chunks],
         eval_prompts=[ctx.teacher.render(c) for c in convs] if white_box else [],
         eval_answers=[r["answer"] for r in teacher_rows] if white_box else [],
     )
+
+
+def run(ctx):
+    """The stage: the corpus split, the teacher's held-out answers, and the build."""
+    inputs = heldout_inputs(ctx)
+    white_box = ctx.white_box_teacher()
     r = ctx.recipe
     settings = StudentSettings(r.models, r.heal, r.seed, r.train, ctx.layout.student_init_dir)
     record = build(settings, inputs, ctx.teacher if white_box else None, ctx.name("teacher"))

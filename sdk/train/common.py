@@ -174,6 +174,29 @@ def device_kwargs(bf16: str, deepspeed: Optional[str]) -> dict:
     )
 
 
+def concat_loss_curves(parts: list[tuple[list[dict], int, dict]]) -> dict:
+    """One loss curve over consecutive trainings (objectives of an iteration, or iterations of a run).
+
+    parts: (points, steps, tags) per training; its points' steps are shifted by the steps before it and
+    tagged (e.g. {"stage": "sft"}). Returns steps, loss_history, first_logged_loss, last_logged_loss.
+    """
+    history, offset = [], 0
+    for points, steps, tags in parts:
+        for h in points:
+            history.append(
+                {
+                    "step": h["step"] + offset,
+                    "loss": h["loss"],
+                    **tags,
+                    **{k: v for k, v in h.items() if k not in ("step", "loss")},
+                }
+            )
+        offset += steps
+    losses = [h["loss"] for h in history]
+    first, last = (losses[0], losses[-1]) if losses else (None, None)
+    return {"steps": offset, "loss_history": history, "first_logged_loss": first, "last_logged_loss": last}
+
+
 def latest_checkpoint(work_dir: Path) -> str | None:
     """The newest complete `checkpoint-N` folder under work_dir, for resume_from_checkpoint.
 

@@ -28,6 +28,7 @@ from sdk.train.common import (
     TrainRequest,
     Verifier,
     barrier,
+    concat_loss_curves,
     export_student,
     is_main_process,
     load_stage_model,
@@ -149,18 +150,10 @@ def run_stages(request: TrainRequest, verifier: Optional[Verifier] = None) -> di
 
 def with_totals(metrics: dict) -> dict:
     """The per-objective metrics plus the totals the report plots: steps and one loss curve over all objectives."""
-    history, offset = [], 0
-    for name, m in metrics.get("stages", {}).items():
-        for h in m.get("loss_history", []):
-            history.append({"step": h["step"] + offset, "loss": h["loss"], "stage": name})
-        offset += m.get("steps", 0)
-    losses = [h["loss"] for h in history]
+    stages = metrics.get("stages", {}).items()
     return dict(
         metrics,
-        steps=offset,
-        loss_history=history,
-        first_logged_loss=losses[0] if losses else None,
-        last_logged_loss=losses[-1] if losses else None,
+        **concat_loss_curves([(m.get("loss_history", []), m.get("steps", 0), {"stage": name}) for name, m in stages]),
     )
 
 
