@@ -29,7 +29,7 @@ STRICT_HELP = "exit with status 3 when a check fails (the forgetting gate)"
 
 
 def _finish(result, strict: bool = False) -> None:
-    from sdk.report import iteration_table, summary_table
+    from sdk.report import iteration_table, summary_table, timing_table
 
     if result.status != "finished":  # e.g. a budget was reached: the reason has been printed
         out.print(
@@ -38,6 +38,8 @@ def _finish(result, strict: bool = False) -> None:
         return
     out.print(iteration_table(result.metrics))
     out.print(summary_table(result.metrics))
+    if timing_table(result.metrics) is not None:
+        out.print(timing_table(result.metrics))
     out.print(
         f"run directory: {result.run_dir}\nstudent: {result.student_path}\nreport: {Path(result.run_dir) / 'report.html'}"
     )
@@ -91,11 +93,12 @@ def resume(
 
 @app.command()
 def report(run_dir: Path = typer.Argument(...)):
-    """Rewrite report.html from a finished run's metrics.json and print the summary."""
+    """Rewrite report.html and the student's model card from a finished run's metrics.json and print the summary."""
     import json
 
     from sdk.faults import RunLock
     from sdk.report import iteration_table, summary_table, write_report
+    from sdk.report.model_card import write_model_card
     from sdk.store import RunLayout
 
     metrics_file = RunLayout(run_dir).metrics
@@ -106,6 +109,32 @@ def report(run_dir: Path = typer.Argument(...)):
         out.print(iteration_table(metrics))
         out.print(summary_table(metrics))
         out.print(f"report: {write_report(run_dir, metrics)}")
+        card = write_model_card(run_dir, metrics)
+        out.print(f"model card: {card}" if card else "model card: not written (the run has no student/ folder)")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a run directory made by `distill run`"),
+    fmt: str = typer.Option("gguf", "--format", help="gguf: one file for llama.cpp and Ollama"),
+    qtype: str = typer.Option("f16", "--type", help="f16 | q8_0 (norms stay f32)"),
+    out_file: Optional[Path] = typer.Option(
+        None, "--out", help="the file to write (default RUN_DIR/export/student-<type>.gguf)"
+    ),
+):
+    """Export the run's student as a GGUF file, with an Ollama Modelfile beside it (docs/deploy.md)."""
+    from sdk.export import export_run
+
+    result = export_run(run_dir, fmt, qtype, out_file)
+    out.print(
+        f"{result.path} ({result.size_bytes / 1e6:.1f} MB, {result.qtype}, {result.tensors} tensors)",
+        soft_wrap=True,
+        markup=False,
+    )
+    if result.modelfile is not None:
+        out.print(f"Ollama Modelfile: {result.modelfile}", soft_wrap=True, markup=False)
+    for note in result.notes:
+        out.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
 
 
 @click.command("ingest", help="Read, chunk, embed and index a corpus (llama-index + sentence-transformers + FAISS).")
@@ -319,6 +348,33 @@ def cache_clear(
     if not yes and not typer.confirm(f"delete {what} from {cache.path}?"):
         raise typer.Exit(1)
     out.print(f"deleted {cache.clear(model)} entries from {cache.path}")
+
+
+@app.command()
+def serve(
+    run_dir: Path = typer.Argument(..., help="a run directory made by `distill run`"),
+    port: int = typer.Option(8000, "--port", help="port to listen on (0: any free port)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
+    model_name: Optional[str] = typer.Option(
+        None, "--model-name", help="the model id clients ask for (default distillery-<domain>-student)"
+    ),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="answer length when a request gives none"),
+):
+    """Serve the run's student over an OpenAI-compatible chat-completions API, one request at a time."""
+    from sdk.serve import serve as serve_student
+
+    serve_student(run_dir, host, port, model_name, max_tokens)
+
+
+@app.command()
+def chat(
+    run_dir: Path = typer.Argument(..., help="a run directory made by `distill run`"),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="longest answer, in tokens"),
+):
+    """Chat with the run's student in the terminal; /teacher asks the run's teacher the same question."""
+    from sdk.chat import run_chat
+
+    run_chat(run_dir, max_tokens)
 
 
 def command() -> click.Group:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sdk.errors import ConfigError
 from sdk.paths import data_dir
@@ -43,6 +43,13 @@ class GenerationSettings(_Strict):
         None,
         ge=0,
         description="sampling seed sent to the endpoint; part of the response-cache key when temperature > 0",
+    )
+    top_logprobs: Optional[int] = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="openai: ask for the top-k log-probabilities of every generated token (set by the label stage "
+        "when kd trains from the teacher's stored top-k; most servers cap k at 20)",
     )
 
 
@@ -133,6 +140,12 @@ class ModelSpec(_Strict):
     requests_per_minute: Optional[float] = Field(None, gt=0, description="openai: request rate limit (null = none)")
     tokens_per_minute: Optional[float] = Field(
         None, gt=0, description="openai: token rate limit, prompt estimate + max_new_tokens per request (null = none)"
+    )
+    token_ids: bool = Field(
+        False,
+        description="openai: the server is vLLM: log-probabilities come back as token ids (return_tokens_as_token_ids) "
+        "and the vocabulary is checked through its /tokenize route; else token strings are mapped through the "
+        "student's tokenizer",
     )
     # every role
     cache: Optional[bool] = Field(
@@ -387,6 +400,11 @@ class TrainSettings(_Strict):
         description="path to a DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); a bare name is looked up in the shipped configs/deepspeed/",
     )
     gradient_checkpointing: bool = False
+    report_to: list[Literal["none", "tensorboard", "trackio", "wandb"]] = Field(
+        default_factory=lambda: ["none"],
+        description="where TRL logs training curves besides the report: none, tensorboard (event files under each "
+        "objective's checkpoints folder: `tensorboard --logdir RUN_DIR`), trackio, wandb; a list or a comma-separated string",
+    )
     replay_fraction: float = Field(
         0.0,
         ge=0.0,
@@ -398,6 +416,12 @@ class TrainSettings(_Strict):
     dpo: DPOSettings = Field(default_factory=DPOSettings)
     rlaif: RLAIFSettings = Field(default_factory=RLAIFSettings)
     launcher: LauncherSettings = Field(default_factory=LauncherSettings)
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _split_report_to(cls, value):
+        """`--set train.report_to=tensorboard,wandb` arrives as one string."""
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _stages(self) -> TrainSettings:
@@ -525,6 +549,11 @@ class EvalSettings(_Strict):
         ge=0,
         le=100_000,
         description="held-out corpus chunks for domain perplexity (never used for healing or calibration; 0 = off)",
+    )
+    teacher_cache: bool = Field(
+        True,
+        description="keep a local teacher's held-out answers and perplexity in the user cache, keyed on its weights, "
+        "and reuse them in later runs",
     )
 
 

@@ -212,6 +212,7 @@ class RunLayout(_Folder):
     metrics = _file("metrics.json")  # finalize
     report = _file("report.html")
     student = _file("student")  # the student handed back, fixed from the start
+    model_card = _file("student/README.md")  # finalize, and `distill report`: the Hugging Face model card
 
     def __init__(self, root: Path):
         super().__init__(root)

@@ -50,6 +50,48 @@ def model_reply(chat_model):
     return reply
 
 
+def model_topk(chat_model):
+    """A log-probability function for FakeOpenAIServer(topk=...): the model's own top-k at each token of a reply
+    (teacher forcing on the chat-rendered prompt, the reply's tokens and the end-of-turn token a server reports
+    last), as a vLLM server running that model returns them. Returns [(token_id, logprob, [(id, logprob), ...])]."""
+    import torch
+
+    lock = threading.Lock()
+    tok = chat_model.tokenizer
+
+    def topk(messages, text: str, k: int):
+        prompt = tok(chat_model.render(messages), add_special_tokens=False)["input_ids"]
+        answer = tok(text, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
+        with lock, torch.inference_mode():
+            logits = chat_model.model(input_ids=torch.tensor([prompt + answer])).logits[0]
+        logp = torch.log_softmax(logits[len(prompt) - 1 : -1].float(), dim=-1)
+        values, ids = logp.topk(k, dim=-1)
+        return [(a, float(logp[i, a]), list(zip(ids[i].tolist(), values[i].tolist()))) for i, a in enumerate(answer)]
+
+    return topk
+
+
+def tokenizer_topk(tokenizer):
+    """Log-probabilities without a model: each reply token at -0.1, then k - 1 neighbouring ids, falling off."""
+
+    def topk(messages, text: str, k: int):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [(a, -0.1, [(a, -0.1)] + [((a + j) % len(tokenizer), -2.0 - j) for j in range(1, k)]) for a in ids]
+
+    return topk
+
+
+def _byte_level_bytes(tokenizer, token_id: int) -> list[int]:
+    """A token's bytes as a server reports them (GPT-2 byte-level alphabet, through transformers' own table)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    piece = tokenizer.convert_ids_to_tokens(token_id)
+    if token_id in tokenizer.all_special_ids:
+        return list(piece.encode("utf-8"))
+    table = {c: b for b, c in bytes_to_unicode().items()}
+    return [table[c] for c in piece]
+
+
 def canned_reply(messages):
     """The default reply: 'ok: ' and the last user turn (fast, so it runs on the server's event loop)."""
     return "ok: " + messages[-1]["content"]
@@ -75,6 +117,8 @@ class FakeOpenAIServer:
         slow_s: float = 3.0,
         retry_after: str = "1",
         usage: tuple[int, int] | None = None,
+        topk=None,
+        tokenizer=None,
     ):
         for name in list(faults) + list((fault_on or {}).values()) + list(random_kinds):
             if name not in FAULTS + ("ok",):
@@ -91,6 +135,8 @@ class FakeOpenAIServer:
         self.slow_s = slow_s
         self.retry_after = retry_after
         self.usage = usage  # fixed (prompt_tokens, completion_tokens); default: word counts
+        self.topk = topk  # (messages, text, k) -> per-token top-k, for requests with logprobs (model_topk)
+        self.tokenizer = tokenizer  # names the tokens in logprobs, and serves vLLM's /tokenize when given
         self.requests: list[dict] = []
         self.auth_headers: list[str] = []
         self.served: list[str] = []  # the fault (or "ok") each request got, in arrival order
@@ -143,6 +189,14 @@ class FakeOpenAIServer:
     def _make_app(self) -> FastAPI:
         app = FastAPI()
         server = self
+
+        @app.post("/tokenize")
+        async def tokenize(request: Request):  # vLLM's route, at the server's root
+            if server.tokenizer is None:
+                return JSONResponse({"detail": "Not Found"}, 404)
+            body = await request.json()
+            ids = server.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))["input_ids"]
+            return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": 8192})
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request):
@@ -201,13 +255,17 @@ class FakeOpenAIServer:
             text = await asyncio.to_thread(self.reply, body["messages"])
         prompt_words = sum(_words(m.get("content", "")) for m in body["messages"])
         usage = self.usage or (prompt_words, _words(text))
+        choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+        if body.get("logprobs") and self.topk is not None and text:
+            entries = await asyncio.to_thread(self.topk, body["messages"], text, int(body.get("top_logprobs") or 0))
+            choice["logprobs"] = {"content": [self._logprob_entry(e, body) for e in entries]}
         return JSONResponse(
             {
                 "id": "cmpl-1",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": body.get("model", ""),
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                "choices": [choice],
                 "usage": {
                     "prompt_tokens": usage[0],
                     "completion_tokens": usage[1],
@@ -215,6 +273,21 @@ class FakeOpenAIServer:
                 },
             }
         )
+
+    def _logprob_entry(self, entry, body: dict) -> dict:
+        """One token of choices[0].logprobs.content, as vLLM writes it ("token_id:<id>" when asked for ids)."""
+        token_id, logprob, top = entry
+
+        def named(i: int, lp: float) -> dict:
+            if body.get("return_tokens_as_token_ids"):
+                return {"token": f"token_id:{i}", "logprob": lp, "bytes": None}
+            return {
+                "token": self.tokenizer.decode([i]),
+                "logprob": lp,
+                "bytes": _byte_level_bytes(self.tokenizer, i),
+            }
+
+        return dict(named(token_id, logprob), top_logprobs=[named(i, lp) for i, lp in top])
 
     # lifecycle --------------------------------------------------------------------------------
     def start(self) -> FakeOpenAIServer:

@@ -42,7 +42,13 @@ ITERATION_FILES = [
 def smoke_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "smoke"
     start = time.time()
-    result = sdk.distill(domain="tiny", preset="smoke", run_dir=run_dir, pack_paths=[TINY_PACKS])
+    result = sdk.distill(
+        domain="tiny",
+        preset="smoke",
+        run_dir=run_dir,
+        pack_paths=[TINY_PACKS],
+        set=["train.report_to=tensorboard"],  # TRL's own logging, beside the report
+    )
     return result, time.time() - start
 
 
@@ -59,8 +65,13 @@ def test_smoke_run_writes_the_documented_layout(smoke_run):
         "eval/student_after.jsonl",
         "eval/forgetting.json",
         "student/config.json",
+        "student/README.md",
     ]:
         assert (root / rel).is_file(), rel
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(root / "student" / "README.md")  # the Hugging Face model card parses
+    assert "distillery" in card.data.tags and "tiny" in card.data.tags and card.data.eval_results
     for it in ("iter_00", "iter_01"):
         for name in ITERATION_FILES:
             assert (root / it / name).is_file(), f"{it}/{name}"
@@ -107,6 +118,17 @@ def test_a_smoke_run_writes_only_declared_files(smoke_run):
     for path in root.rglob("*"):
         if path.is_file() and not any(path == d or d in path.parents for d in declared):
             pytest.fail(f"{path.relative_to(root)} is not declared by any stage")
+
+
+def test_report_to_tensorboard_writes_event_files_per_objective(smoke_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root = Path(smoke_run[0].run_dir)
+    events = sorted(root.glob("iter_*/checkpoints/*/runs/*/events.out.tfevents.*"))
+    assert {p.relative_to(root).parts[0] for p in events} == {"iter_00", "iter_01"}
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert "train/loss" in acc.Tags()["scalars"] and acc.Scalars("train/loss")
 
 
 def test_every_sample_carries_id_instruction_provenance(smoke_run):
@@ -445,6 +467,7 @@ def test_budget_stops_the_run_cleanly_and_resume_finishes_it(tmp_path, capsys):
         adversarial__iterations=1,
         models__teacher__budget__max_calls=6,
         curation__passages=0,
+        eval__teacher_cache=False,  # the held-out answers are paid for, not taken from an earlier test's run
     )
     assert result.status == "stopped"
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -519,6 +542,7 @@ def test_report_has_every_section_and_is_self_contained(smoke_run):
         "The loop, per iteration",
         "Forgetting check",
         "Training",
+        "Where the time went",
         "Sample instructions",
         "Provenance: corpus chunks",
         "metrics.json",
@@ -526,13 +550,17 @@ def test_report_has_every_section_and_is_self_contained(smoke_run):
         assert any(h.startswith(heading) for h in page.headings), (heading, page.headings)
     assert "run finished" in text
     assert not page.external  # opens offline: no scripts, stylesheets or images from elsewhere
-    # six plots: domain metrics, layer scores, healing loss, the loop, forgetting deltas, loss curves; each a real PNG
-    assert len(page.images) == 6
+    # seven plots: domain metrics, layer scores, healing loss, the loop, forgetting deltas, loss curves, stage
+    # times; each a real PNG
+    assert len(page.images) == 7
     for src in page.images:
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     # the recipe, the per-iteration domain rows, the forgetting verdict and its tasks
     assert "train stages" in text and "sft" in text and "replay fraction" in text
     assert "student after iteration 0" in text and "student after iteration 1" in text and ">teacher<" in text
+    stages = result.metrics["timings_s"]  # where the time went: every stage, per iteration
+    assert {"student", "iter_00/train", "iter_01/label"} <= set(stages) and all(v >= 0 for v in stages.values())
+    assert "<td>label</td>" in text and "Seconds per stage" in text
     verdict = result.metrics["forgetting"]["verdict"]
     assert verdict.split(":")[0] in text and "distillery_general_mc" in text and "distillery_general_ppl" in text
 

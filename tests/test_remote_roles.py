@@ -4,6 +4,7 @@ answered from the response cache and sends the server nothing; the API key is no
 
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -162,3 +163,58 @@ def test_remote_roles_survive_faults_and_a_second_run_sends_nothing(tmp_path):
     for proc in (first, second):
         assert key not in proc.stdout + proc.stderr
     assert re.search(r"api_key_env: DISTILLERY_E2E_KEY", (first_dir / "config.yaml").read_text())
+
+
+@pytest.mark.slow
+def test_an_endpoint_teacher_is_distilled_white_box_from_its_logprobs(tmp_path):
+    """[sft, kd] with every role on a vLLM-like server: the label stage asks the teacher for its top-k (token ids),
+    checks its vocabulary through /tokenize first, stores the top-k, and kd trains from the store."""
+    from transformers import AutoTokenizer
+
+    from sdk.models.embedded import embedded_model_dir
+    from sdk.train.logit_store import LogitStore
+    from tests.openai_server import tokenizer_topk
+
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir()))
+    student = _pruned_student(tmp_path / "student-init")
+    with FakeOpenAIServer(reply=scripted_reply, topk=tokenizer_topk(tokenizer), tokenizer=tokenizer) as server:
+        settings = [
+            "adversarial.iterations=1",
+            "forgetting.enabled=false",
+            "train.epochs=1",
+            "train.stages=[sft,kd]",
+            "train.kd.beta=0",
+            "train.kd.lmbda=0",
+            "train.kd.top_k=5",
+            "models.student.provider=hf",
+            f"models.student.name_or_path={student}",
+        ]
+        for role in ("teacher", "referee", "generator"):
+            settings += [
+                f"models.{role}.provider=openai",
+                f"models.{role}.base_url={server.base_url}",
+                f"models.{role}.model={role}-model",
+                f"models.{role}.token_ids=true",
+            ]
+        args = ["--domain", "tiny", "--pack-path", str(TINY_PACKS), "--preset", "smoke"]
+        proc = subprocess.run(
+            distill_cmd()
+            + ["run", *args, *[a for s in settings for a in ("--set", s)], "--run-dir", str(tmp_path / "r")],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        requests = list(server.requests)
+    run = tmp_path / "r"
+    labeled = [json.loads(line) for line in (run / "iter_00" / "teacher.jsonl").read_text().splitlines()]
+    asked = [r for r in requests if r["model"] == "teacher-model" and r.get("logprobs")]
+    assert asked and all(r["top_logprobs"] == 5 and r["return_tokens_as_token_ids"] for r in asked)
+    assert not [r for r in requests if r["model"] != "teacher-model" and r.get("logprobs")]
+    assert all("teacher_topk" not in r for r in labeled)  # the top-k lives in the store, not in teacher.jsonl
+    store = LogitStore(run / "iter_00" / "teacher_logits")
+    ok = [r["id"] for r in labeled if r["status"] == "ok"]
+    assert ok and all(store.has(i) for i in ok) and store.top_k == 5
+    kd = json.loads((run / "iter_00" / "train_metrics.json").read_text())["stages"]["kd"]
+    assert kd["source"] == "store" and kd["steps"] > 0 and math.isfinite(kd["train_loss"])
+    assert "stored the endpoint teacher's top-5" in proc.stdout + proc.stderr

@@ -7,10 +7,13 @@ A row the teacher could not answer (error after retries, or an empty reply) stay
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Optional
 
 from sdk.models.chat import answer_conversations, clean_answer
 from sdk.store import Journal
+from sdk.train.endpoint_topk import TOPK_FIELD
 
 
 def teacher_prompt(row: dict, use_context: bool) -> str:
@@ -24,12 +27,14 @@ def teacher_prompt(row: dict, use_context: bool) -> str:
 class Teacher:
     """The teacher as labeling sees it: the chat model, its name for provenance, the pack's system prompt,
     and whether it sees each row's source passage (use_context: the student is later trained on the bare
-    instruction, so the grounding is distilled into it)."""
+    instruction, so the grounding is distilled into it). With `topk`, each answered row also records the
+    reply's top-k log-probabilities (sdk/train/endpoint_topk.py) for the teacher logit store."""
 
     model: object  # a ChatBackend
     name: str
     system_prompt: str
     use_context: bool = False
+    topk: Optional[Callable[[object], dict]] = None  # reply -> its encoded top-k, kept in the journal (endpoint KD)
 
 
 def label_rows(
@@ -55,6 +60,8 @@ def label_rows(
             labeled.update(answer=None, status="failed", error="empty answer")
         else:
             labeled.update(answer=answer, status="ok")
+            if teacher.topk is not None:
+                labeled[TOPK_FIELD] = teacher.topk(out)
         return labeled
 
     conversations = answer_conversations(system_prompt, [teacher_prompt(r, use_context) for r in rows])

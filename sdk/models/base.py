@@ -7,6 +7,7 @@ finer control, `_answer` (answer indexed conversations and `emit` results as the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Optional
 
@@ -16,6 +17,37 @@ from sdk.progress import progress_bar
 Messages = list[dict]
 ChunkCallback = Callable[[int, list], None]
 Emit = Callable[[list], None]  # emit([(index, output), ...]) as rows finish
+
+
+class Reply(str):
+    """A reply's text that also carries the endpoint's per-token log-probabilities (when they were asked for).
+
+    logprobs: one entry per generated token, as OpenAI-compatible servers return `choices[0].logprobs.content`,
+    reduced to [token, logprob, bytes, [[token, logprob, bytes], ...top_logprobs]]; `token` is the token's
+    text, or "token_id:<id>" from vLLM with return_tokens_as_token_ids; `bytes` may be None.
+    """
+
+    logprobs: list
+
+    def __new__(cls, text: str, logprobs: list):
+        reply = super().__new__(cls, text)
+        reply.logprobs = logprobs
+        return reply
+
+
+def cached_value(out: str) -> str:
+    """What the response cache stores for a reply: the text, or JSON with the log-probabilities too."""
+    if isinstance(out, Reply):
+        return json.dumps({"text": str(out), "logprobs": out.logprobs}, ensure_ascii=False, separators=(",", ":"))
+    return out
+
+
+def from_cache(value: str, settings: GenerationSettings) -> str:
+    """A cached value back as a reply: a Reply when the request asked for log-probabilities (then the key said so)."""
+    if not settings.top_logprobs:
+        return value
+    data = json.loads(value)
+    return Reply(data["text"], data["logprobs"])
 
 
 def contiguous_runs(done: list[tuple[int, object]]) -> list[tuple[int, list]]:
@@ -61,6 +93,8 @@ class ChatBackend:
         params = {"temperature": settings.temperature, "top_p": settings.top_p, "max_tokens": settings.max_new_tokens}
         if settings.temperature > 0:
             params["seed"] = settings.seed
+        if settings.top_logprobs:  # a reply without log-probabilities is never used where they are needed
+            params["top_logprobs"] = settings.top_logprobs
         return params
 
     def cache_keys(self, conversations: list[Messages], settings: GenerationSettings) -> list[str]:
@@ -101,7 +135,7 @@ class ChatBackend:
         cache = self.cache
         keys = self.cache_keys(conversations, settings) if cache is not None else None
         found = cache.get_many(keys) if keys else {}
-        hits = [(i, found[k]) for i, k in enumerate(keys or []) if k in found]
+        hits = [(i, from_cache(found[k], settings)) for i, k in enumerate(keys or []) if k in found]
         todo = [(i, m) for i, m in enumerate(conversations) if not keys or keys[i] not in found]
 
         with progress_bar(f"{description} ({self.name})", len(conversations)) as advance:
@@ -114,7 +148,7 @@ class ChatBackend:
                 for i, out in done:
                     results[i] = out
                     if cache is not None and isinstance(out, str) and out and keys[i] not in found:
-                        cache.put(keys[i], self.cache_provider, self.cache_model or self.name, out)
+                        cache.put(keys[i], self.cache_provider, self.cache_model or self.name, cached_value(out))
                 if on_chunk is not None:
                     for start, outs in contiguous_runs(done):
                         on_chunk(start, outs)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from sdk.config import GenerationSettings, ModelSpec
 from sdk.errors import BudgetExhausted, ModelError
-from sdk.models.base import ChatBackend, Emit
+from sdk.models.base import ChatBackend, Emit, Reply
 
 Messages = list[dict]
 
@@ -214,6 +214,10 @@ class OpenAIChatModel(ChatBackend):
         )
         if settings.seed is not None:
             kwargs["seed"] = settings.seed
+        if settings.top_logprobs:
+            kwargs.update(logprobs=True, top_logprobs=settings.top_logprobs)
+            if self.spec.token_ids:
+                kwargs["return_tokens_as_token_ids"] = True  # vLLM: "token_id:<id>" instead of text
         return kwargs
 
     async def _ask(self, client, messages: Messages, settings: GenerationSettings, budget, limits) -> str | ModelError:
@@ -272,6 +276,8 @@ class OpenAIChatModel(ChatBackend):
                 if tokens is not None and sum(used):
                     tokens.adjust(sum(used) - estimate)
                 text, reason = _content(reply)
+                if reason is None and settings.top_logprobs:
+                    text, reason = _with_logprobs(reply, text)
                 if reason is None:
                     return text
                 malformed += 1
@@ -298,6 +304,22 @@ def _content(reply) -> tuple[str | None, str | None]:
     if not text.strip():
         return None, "empty reply"
     return text.strip(), None
+
+
+def _with_logprobs(reply: dict, text: str) -> tuple[Reply | None, str | None]:
+    """(Reply, None) with the per-token top log-probabilities of choices[0].logprobs.content, else (None, why not)."""
+    logprobs = reply["choices"][0].get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list) or not content:
+        return None, "reply without logprobs (does the server return logprobs and top_logprobs?)"
+    tokens = []
+    try:
+        for entry in content:
+            top = [[t["token"], float(t["logprob"]), t.get("bytes")] for t in entry.get("top_logprobs") or []]
+            tokens.append([entry["token"], float(entry["logprob"]), entry.get("bytes"), top])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None, "malformed logprobs in the reply"
+    return Reply(text, tokens), None
 
 
 def _detail(exc) -> str:

@@ -5,7 +5,7 @@ names the file and the field.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -111,6 +111,12 @@ class PackSpec(_Strict):
     version: str = Field(..., pattern=r"^\d+\.\d+(\.\d+)?([.-][0-9A-Za-z.]+)?$")
     description: str = Field(..., min_length=10)
     licence: str = Field(..., min_length=2, description="SPDX id or a short licence statement")
+    caveat: Optional[str] = Field(
+        None,
+        min_length=10,
+        max_length=2000,
+        description="what the assistant must not be relied on for; the student's model card repeats it",
+    )
     system_prompt: str = Field(..., min_length=10, description="system message for teacher and student answers")
     corpus: CorpusSettings
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)

@@ -119,6 +119,28 @@ def plot_losses(metrics: dict) -> Optional[str]:
     return src
 
 
+def section_timings(metrics: dict) -> str:
+    """Seconds per stage, summed over iterations, largest first, with a bar chart (metrics.timings_s)."""
+    from sdk.report.summary import stage_times
+
+    rows = sorted(stage_times(metrics), key=lambda r: -r[1])
+    if not rows:
+        return "<p class='muted'>No stage timings were recorded.</p>"
+    total = sum(seconds for _, seconds, _ in rows)
+    html = table(
+        ["stage", "seconds", "share", "per iteration"],
+        [[s, f"{t:.1f}", f"{t / total:.0%}", " / ".join(f"{v:.0f}" for v in per)] for s, t, per in rows],
+    )
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1))
+    ax.barh([s for s, _, _ in rows][::-1], [t for _, t, _ in rows][::-1])
+    ax.set_xlabel("seconds (summed over iterations)")
+    ax.set_title(f"Where the time went: {total:.0f} s of stages")
+    src = _png(fig)
+    plt.close(fig)
+    return html + figure("Seconds per stage", src)
+
+
 def plot_forgetting(forgetting: dict) -> Optional[str]:
     tasks = forgetting.get("tasks") or {}
     if not tasks:
@@ -593,6 +615,7 @@ def write_report(run_dir: Path, metrics: dict, status: Optional[str] = None) -> 
         ("The loop, per iteration", section_loop(metrics)),
         ("Forgetting check", section_forgetting(metrics)),
         ("Training", section_training(metrics)),
+        ("Where the time went", section_timings(metrics)),
         (f"Sample instructions from the last iteration's cache pool (hard first, {N_SAMPLES} at most)", samples),
         ("Provenance: corpus chunks", section_chunks(chunks, cited, corpus)),
     ]

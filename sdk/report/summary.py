@@ -177,3 +177,26 @@ def rejections_line(metrics: dict) -> str | None:
         if not it["generation"].get("skipped")
     ]
     return "generated instructions rejected, by reason, per iteration: " + "; ".join(per) if per else None
+
+
+def stage_times(metrics: dict) -> list[tuple[str, float, list[float]]]:
+    """Seconds per kind of stage, in run order: (stage, total, [per iteration, for the loop's stages]).
+    From metrics["timings_s"], whose keys are "eval_before" or "iter_01/train"."""
+    totals: dict[str, list[float]] = {}
+    for name, seconds in metrics.get("timings_s", {}).items():
+        totals.setdefault(name.split("/")[-1], []).append(float(seconds))
+    return [(stage, sum(values), values if len(values) > 1 else []) for stage, values in totals.items()]
+
+
+def timing_table(metrics: dict) -> Table | None:
+    """Where the time went: seconds per stage (summed over iterations) and their share of the run."""
+    rows = stage_times(metrics)
+    if not rows:
+        return None
+    total = sum(seconds for _, seconds, _ in rows)
+    table = Table(title=f"Where the time went: {total:.0f} s of stages ({total / 60:.1f} min)")
+    for col in ("stage", "seconds", "share", "per iteration"):
+        table.add_column(col, justify="left" if col in ("stage", "per iteration") else "right")
+    for stage, seconds, per in sorted(rows, key=lambda r: -r[1]):
+        table.add_row(stage, f"{seconds:.1f}", f"{seconds / total:.0%}", " / ".join(f"{v:.0f}" for v in per))
+    return table

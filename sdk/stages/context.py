@@ -30,7 +30,7 @@ class RunContext:
 
     def check_roles(self) -> None:
         """Every model-role check, before any compute: a recipe that cannot work fails in seconds."""
-        from sdk.train.kd import check_local_teacher
+        from sdk.train.kd import check_kd_teacher, check_local_teacher
 
         models = self.recipe.models
         if models.student.provider == "pruned" and getattr(models, models.student.base).provider not in (
@@ -42,9 +42,10 @@ class RunContext:
                 "endpoint without local weights; set models.student.base to a local role, or give the student its own "
                 "weights (provider: hf)"
             )
-        for objective in ("kd", "rlaif"):
-            if objective in self.recipe.train.stages:
-                check_local_teacher(self.recipe, objective)
+        if "kd" in self.recipe.train.stages:
+            check_kd_teacher(self.recipe)
+        if "rlaif" in self.recipe.train.stages:
+            check_local_teacher(self.recipe, "rlaif")
         self.referee_kinds()
         if self.recipe.forgetting.enabled:
             from sdk.evaluate.forgetting import check_task_names

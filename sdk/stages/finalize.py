@@ -1,5 +1,5 @@
-"""Stage `finalize`: the last trained student is handed back in `student/`, and metrics.json and the
-report are written from the run directory."""
+"""Stage `finalize`: the last trained student is handed back in `student/`, and metrics.json, the
+report and the student's model card (student/README.md) are written from the run directory."""
 
 from __future__ import annotations
 
@@ -90,6 +90,7 @@ def forgetting_metrics(ctx) -> dict:
 def run(ctx):
     from sdk.evaluate.domain import score_answers
     from sdk.report import write_report
+    from sdk.report.model_card import write_model_card
 
     layout, last = ctx.layout, ctx.recipe.adversarial.iterations - 1
     hand_back_student(ctx, last)
@@ -143,7 +144,8 @@ def run(ctx):
     }
     ctx.store.write_json(layout.metrics, metrics)
     report = write_report(ctx.store.root, metrics, status="finished")
-    return [layout.eval.domain, layout.eval.student_after, layout.metrics, report, layout.student]
+    card = write_model_card(ctx.store.root, metrics, ctx.pack.spec)
+    return [layout.eval.domain, layout.eval.student_after, layout.metrics, report, layout.student, card]
 
 
 STAGE = Stage(
@@ -157,11 +159,12 @@ STAGE = Stage(
         "eval.before",
         "eval.forgetting",
         "first.synthesized",
+        "first.train_pool",
         "every.eval",
         "every.train_metrics",
         "every.discrimination",
         "last.student",
     ),
-    writes=("eval.domain", "eval.student_after", "metrics", "report", "student"),
+    writes=("eval.domain", "eval.student_after", "metrics", "report", "student", "model_card"),
     recipe=("domain",),
 )

@@ -149,7 +149,7 @@ def training_args_kwargs(settings: TrainSettings, seed: int, learning_rate: Opti
         save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=1,
-        report_to="none",
+        report_to=[t for t in settings.report_to if t != "none"] or "none",
         activation_checkpointing=settings.gradient_checkpointing,  # transformers 5 name; TRL would default it on
         seed=seed,
         data_seed=seed,

@@ -25,7 +25,8 @@ from sdk.train.common import StageContext, full_weights, training_args_kwargs
 def check_local_teacher(recipe: Recipe, stage: str) -> None:
     if recipe.models.teacher.provider == "openai":
         why = {
-            "kd": "white-box KD needs the teacher's logits, which an endpoint does not return",
+            "kd": "online KD (kd.source online) runs the teacher beside the student; an endpoint teacher is distilled "
+            "white-box from its top-k log-probabilities instead (kd.source store or auto, with beta 0, lmbda 0)",
             "rlaif": "its reward is the likelihood referee, which needs the teacher's log-probabilities (an LLM-referee reward is future work)",
         }[stage]
         raise DistilleryError(
@@ -67,11 +68,28 @@ def check_same_tokenizer(teacher_tok, student_tok, teacher_name: str = "teacher"
         )
 
 
+def check_kd_teacher(recipe: Recipe) -> bool:
+    """The teacher kd can learn from; True for a local one. An endpoint teacher is distilled from its top-k
+    log-probabilities (the label stage stores them), which trains forward KL on its own answers only."""
+    kd = recipe.train.kd
+    if recipe.models.teacher.provider != "openai" or kd.source == "online":
+        check_local_teacher(recipe, "kd")
+        return True
+    if kd.beta != 0 or kd.lmbda != 0 or kd.temperature != 1.0:
+        raise DistilleryError(
+            "an endpoint teacher is distilled from its stored top-k log-probabilities, which trains forward KL on "
+            f"its own answers: set train.kd.beta 0 and train.kd.lmbda 0 (got beta {kd.beta}, lmbda {kd.lmbda}, "
+            f"temperature {kd.temperature})"
+        )
+    return False
+
+
 def kd_preflight(recipe: Recipe, init=None) -> None:
     """Fail fast, before any stage runs: a local teacher with the student's tokenizer."""
     from sdk.models import describe
 
-    check_local_teacher(recipe, "kd")
+    if not check_kd_teacher(recipe):
+        return  # an endpoint's vocabulary is checked when the label stage asks it (/tokenize, or the first reply)
     check_same_tokenizer(
         tokenizer_for(recipe.models.teacher, recipe.models),
         student_tokenizer(recipe, init),

@@ -178,7 +178,8 @@ class LogitStore:
         return self.add_row(row_id, StoredRow(token_ids, topk_ids, topk_logprobs, tail_logprob))
 
     def add_row(self, row_id: str, row: StoredRow, prompt_ids: Optional[Sequence[int]] = None) -> bool:
-        """add(), with the prompt tokens the teacher saw: their digest is indexed, so training can check them too."""
+        """add(), with the prompt tokens the teacher saw (or the row's digest of them): the digest is indexed, so
+        training can check them too."""
         row_id = str(row_id)
         if self.has(row_id):
             return False
@@ -196,8 +197,8 @@ class LogitStore:
         records["topk_logprobs"], records["tail_logprob"] = topk_logprobs, tail_logprob
         self._pending[row_id] = records
         self._pending_tokens += n
-        if prompt_ids is not None:
-            self._prompts[row_id] = prompt_digest(prompt_ids)
+        if prompt_ids is not None or row.prompt is not None:
+            self._prompts[row_id] = prompt_digest(prompt_ids) if prompt_ids is not None else row.prompt
         if self._pending_tokens >= self.shard_tokens:
             self.flush()
         return True
