@@ -130,3 +130,34 @@ def test_tokens_that_do_not_round_trip_are_recorded_not_stored_as_the_teachers(t
         stored = store.get("r")
     assert summary["teacher_topk_share"] == 0 and list(summary["rows_without_topk"].values()) == [1]
     assert (stored.topk_logprobs[:, 0] == 0).all() and np.array_equal(stored.topk_ids[:, 0], stored.token_ids)
+
+
+def test_labeling_stopped_midway_then_resumed_stores_what_an_uninterrupted_run_stores(teacher, tmp_path):
+    from sdk.config import BudgetSettings
+    from sdk.errors import BudgetExhausted
+    from sdk.models.budget import Budget
+
+    tok = teacher.tokenizer
+    many = [
+        {"id": f"q{i}", "instruction": f"Question {i}: what is {w}?", "provenance": {}} for i, w in enumerate("abcdef")
+    ]
+
+    def label(server, journal_path, budget=None):
+        model = endpoint(server, True, top_logprobs=K)
+        teacher_role = Teacher(model, "teacher", SYSTEM, topk=lambda r: encode_reply(r, TokenMap(tok), K))
+        return label_rows(many, teacher_role, Journal(journal_path), budget=budget)
+
+    def store_of(rows, folder):
+        with LogitStore(folder, K) as store:
+            fill_from_endpoint(store, tok, rows, SYSTEM)
+        return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    with FakeOpenAIServer(topk=tokenizer_topk(tok), tokenizer=tok) as server:
+        whole = store_of(label(server, tmp_path / "whole.jsonl"), tmp_path / "whole")
+    with FakeOpenAIServer(topk=tokenizer_topk(tok), tokenizer=tok) as server:
+        with pytest.raises(BudgetExhausted):
+            label(server, tmp_path / "cut.jsonl", Budget(BudgetSettings(max_calls=3)))
+        assert server.count == 3
+        resumed = store_of(label(server, tmp_path / "cut.jsonl"), tmp_path / "cut")
+        assert server.count == 6  # the three rows in the journal, top-k included, were not asked again
+    assert resumed == whole

@@ -168,7 +168,8 @@ def test_remote_roles_survive_faults_and_a_second_run_sends_nothing(tmp_path):
 @pytest.mark.slow
 def test_an_endpoint_teacher_is_distilled_white_box_from_its_logprobs(tmp_path):
     """[sft, kd] with every role on a vLLM-like server: the label stage asks the teacher for its top-k (token ids),
-    checks its vocabulary through /tokenize first, stores the top-k, and kd trains from the store."""
+    checks its vocabulary through /tokenize first, stores the top-k, and kd trains from the store; an identical
+    second run sends the server nothing and stores the same top-k."""
     from transformers import AutoTokenizer
 
     from sdk.models.embedded import embedded_model_dir
@@ -206,7 +207,19 @@ def test_an_endpoint_teacher_is_distilled_white_box_from_its_logprobs(tmp_path):
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         requests = list(server.requests)
+        again = subprocess.run(
+            distill_cmd()
+            + ["run", *args, *[a for s in settings for a in ("--set", s)], "--run-dir", str(tmp_path / "r2")],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert server.count == len(requests)  # an identical rerun: every reply, log-probabilities too, from the cache
     run = tmp_path / "r"
+    shards = sorted(p.relative_to(run).as_posix() for p in (run / "iter_00" / "teacher_logits").glob("shard-*.npy"))
+    for name in ("iter_00/teacher_logits/index.jsonl", "iter_00/teacher.jsonl", *shards):
+        assert (run / name).read_bytes() == (tmp_path / "r2" / name).read_bytes(), name
     labeled = [json.loads(line) for line in (run / "iter_00" / "teacher.jsonl").read_text().splitlines()]
     asked = [r for r in requests if r["model"] == "teacher-model" and r.get("logprobs")]
     assert asked and all(r["top_logprobs"] == 5 and r["return_tokens_as_token_ids"] for r in asked)
