@@ -301,7 +301,7 @@ def goals(results: dict[str, list[dict]], store: dict) -> list[tuple[str, bool, 
             f"{bpt} bytes/token per record, {store['disk_bytes_per_token']} on disk with index and headers",
         )
     )
-    for key, better in (("kl", lambda a, b: a < b), ("top1", lambda a, b: a > b)):
+    for key, label, better in (("kl", "KL", lambda a, b: a < b), ("top1", "top-1", lambda a, b: a > b)):
         kd, kd_sd = mean_sd(results["kd-store"], key)
         online, online_sd = mean_sd(results["kd-online"], key)
         sft = mean_sd(results["sft"], key)[0]
@@ -309,12 +309,12 @@ def goals(results: dict[str, list[dict]], store: dict) -> list[tuple[str, bool, 
         no_worse = kd <= online + slack if key == "kl" else kd >= online - slack
         out.append(
             (
-                f"kd-store {key} no worse than kd-online (within one sd)",
+                f"kd-store {label} no worse than kd-online (within one sd)",
                 no_worse,
                 f"{kd:.3f} vs {online:.3f} ± {slack:.3f}",
             )
         )
-        out.append((f"kd-store {key} better than sft", better(kd, sft), f"{kd:.3f} vs {sft:.3f}"))
+        out.append((f"kd-store {label} better than sft", better(kd, sft), f"{kd:.3f} vs {sft:.3f}"))
     return out
 
 

@@ -27,7 +27,7 @@ from typing import Optional
 
 from sdk.config import Recipe
 from sdk.errors import DistilleryError
-from sdk.models.local import LocalChatModel
+from sdk.models.local import LocalChatModel, sampling_kwargs
 
 Messages = list[dict]
 DEFAULT_MAX_TOKENS = 512
@@ -147,7 +147,6 @@ class Generation:
         from transformers import StoppingCriteriaList
 
         s, tok = self.sampling, self.chat.tokenizer
-        sample = s.temperature > 0
         input_ids = torch.tensor([self.prompt_ids], device=self.chat.device)
         try:
             with torch.inference_mode():
@@ -155,12 +154,7 @@ class Generation:
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
                     max_new_tokens=s.max_tokens,
-                    do_sample=sample,
-                    temperature=s.temperature if sample else None,
-                    top_p=s.top_p if sample else None,
-                    top_k=None,
-                    repetition_penalty=s.repetition_penalty,
-                    pad_token_id=tok.pad_token_id,
+                    **sampling_kwargs(s.temperature, s.top_p, s.repetition_penalty, tok.pad_token_id),
                     streamer=self.streamer,
                     stopping_criteria=StoppingCriteriaList([_Cancelled(self.cancelled)]),
                     return_dict_in_generate=True,

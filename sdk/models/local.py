@@ -11,6 +11,19 @@ from sdk.models.base import ChatBackend
 Messages = list[dict]
 
 
+def sampling_kwargs(temperature: float, top_p: float, repetition_penalty: float, pad_token_id) -> dict:
+    """transformers' generate() arguments: greedy at temperature 0, else nucleus sampling (no top-k cut)."""
+    sample = temperature > 0
+    return dict(
+        do_sample=sample,
+        temperature=temperature if sample else None,
+        top_p=top_p if sample else None,
+        top_k=None,
+        repetition_penalty=repetition_penalty,
+        pad_token_id=pad_token_id,
+    )
+
+
 @dataclass
 class LocalChatModel(ChatBackend):
     """A transformers model plus tokenizer, used through its tokenizer's chat template."""
@@ -61,17 +74,11 @@ class LocalChatModel(ChatBackend):
         tok.padding_side = "left"
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(self.device)
-        sample = settings.temperature > 0
         with torch.inference_mode():
             out = self.model.generate(
                 **enc,
                 max_new_tokens=settings.max_new_tokens,
-                do_sample=sample,
-                temperature=settings.temperature if sample else None,
-                top_p=settings.top_p if sample else None,
-                top_k=None,
-                repetition_penalty=settings.repetition_penalty,
-                pad_token_id=tok.pad_token_id,
+                **sampling_kwargs(settings.temperature, settings.top_p, settings.repetition_penalty, tok.pad_token_id),
             )
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         if budget is not None:
