@@ -44,6 +44,11 @@ class GenerationSettings(_Strict):
         ge=0,
         description="sampling seed sent to the endpoint; part of the response-cache key when temperature > 0",
     )
+    bf16: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="local models: generate under bf16 autocast; auto = where the hardware has native bf16 (a CUDA "
+        "GPU that supports it, or a CPU with AVX512-BF16 or AMX); scoring (log-likelihoods, KL) stays in float32",
+    )
     top_logprobs: Optional[int] = Field(
         None,
         ge=1,

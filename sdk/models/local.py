@@ -24,6 +24,20 @@ def sampling_kwargs(temperature: float, top_p: float, repetition_penalty: float,
     )
 
 
+def generation_precision(device, setting: str):
+    """bf16 autocast for generation where the hardware has native bf16 (see sdk.train.common.use_bf16), else a no-op.
+    On this project's 2-core CPU (avx512_bf16) it generated about 1.5x more tokens per second (bench/generation.py)."""
+    import contextlib
+
+    import torch
+
+    from sdk.train.common import use_bf16
+
+    if device.type not in ("cpu", "cuda") or not use_bf16(setting):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 @dataclass
 class LocalChatModel(ChatBackend):
     """A transformers model plus tokenizer, used through its tokenizer's chat template."""
@@ -47,7 +61,10 @@ class LocalChatModel(ChatBackend):
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def cache_params(self, settings: GenerationSettings) -> dict:
-        return dict(super().cache_params(settings), repetition_penalty=settings.repetition_penalty)
+        from sdk.train.common import use_bf16
+
+        precision = "bf16" if use_bf16(settings.bf16) else "fp32"  # bf16 greedy answers differ from fp32's
+        return dict(super().cache_params(settings), repetition_penalty=settings.repetition_penalty, precision=precision)
 
     def _answer(self, items: list[tuple[int, Messages]], settings: GenerationSettings, budget, emit) -> None:
         """Sort the prompts by token length, longest first, so each batch pads little; emit per batch."""
@@ -74,7 +91,7 @@ class LocalChatModel(ChatBackend):
         tok.padding_side = "left"
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), generation_precision(self.device, settings.bf16):
             out = self.model.generate(
                 **enc,
                 max_new_tokens=settings.max_new_tokens,
