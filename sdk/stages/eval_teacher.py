@@ -76,7 +76,7 @@ def cache_file(ctx, rows: list[dict]) -> Optional[Path]:
         "weights": weights_fingerprint(teacher.model),
         "chat_template": teacher.tokenizer.chat_template,
         "vocab": len(teacher.tokenizer),
-        "generation": teacher.settings.model_dump(),
+        "generation": [teacher.settings.model_dump(), teacher.cache_params(teacher.settings)],  # bf16 resolved too
         "system_prompt": ctx.pack.spec.system_prompt,
         "rows": [[r["id"], r["instruction"], r.get("provenance")] for r in rows],
         "heldout": ctx.heldout_texts(),
