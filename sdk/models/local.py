@@ -24,18 +24,23 @@ def sampling_kwargs(temperature: float, top_p: float, repetition_penalty: float,
     )
 
 
+def uses_bf16(device, setting: str) -> bool:
+    """Whether generation runs under bf16 autocast: `on` anywhere; `auto` on a CUDA GPU with bf16 only. On a CPU,
+    even one with native bf16, autocast made greedy generation slower (bench/generation.py: 0.45x the tokens per
+    second of fp32 on this project's 2-core AVX512-BF16 CPU, batch 8, 48 new tokens), while a training step ran
+    2.3x faster (bench/bf16_step.py): decoding multiplies small matrices and pays the casts on every token."""
+    import torch
+
+    return setting == "on" or (setting == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+
 def generation_precision(device, setting: str):
-    """bf16 autocast for generation where the hardware has native bf16 (see sdk.train.common.use_bf16), else a no-op.
-    On this project's 2-core CPU (avx512_bf16) it generated about 1.5x more tokens per second (bench/generation.py)."""
+    """bf16 autocast where uses_bf16 says so, else a no-op context."""
     import contextlib
 
     import torch
 
-    from sdk.train.common import use_bf16
-
-    if device.type not in ("cpu", "cuda") or not use_bf16(setting):
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.bfloat16) if uses_bf16(device, setting) else contextlib.nullcontext()
 
 
 @dataclass
@@ -61,9 +66,7 @@ class LocalChatModel(ChatBackend):
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def cache_params(self, settings: GenerationSettings) -> dict:
-        from sdk.train.common import use_bf16
-
-        precision = "bf16" if use_bf16(settings.bf16) else "fp32"  # bf16 greedy answers differ from fp32's
+        precision = "bf16" if uses_bf16(self.device, settings.bf16) else "fp32"  # bf16 greedy answers differ
         return dict(super().cache_params(settings), repetition_penalty=settings.repetition_penalty, precision=precision)
 
     def _answer(self, items: list[tuple[int, Messages]], settings: GenerationSettings, budget, emit) -> None:
