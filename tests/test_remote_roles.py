@@ -74,6 +74,21 @@ def _pruned_student(path: Path) -> Path:
     return path
 
 
+def remote_settings(server, student: Path, **role_keys) -> list[str]:
+    """--set values of a one-iteration smoke run with a local student and every other role on the server."""
+    settings = [
+        "adversarial.iterations=1",
+        "forgetting.enabled=false",
+        "train.epochs=1",
+        "models.student.provider=hf",
+        f"models.student.name_or_path={student}",
+    ]
+    for role in ("teacher", "referee", "generator"):
+        keys = dict(provider="openai", base_url=server.base_url, model=f"{role}-model", **role_keys)
+        settings += [f"models.{role}.{key}={value}" for key, value in keys.items()]
+    return settings
+
+
 @pytest.mark.slow
 def test_remote_roles_survive_faults_and_a_second_run_sends_nothing(tmp_path):
     key = "sk-distillery-e2e-0f7c41d9a2b84c55"
@@ -90,24 +105,15 @@ def test_remote_roles_survive_faults_and_a_second_run_sends_nothing(tmp_path):
         slow_s=2.0,
         retry_after="1",
     ) as server:
-        settings = [
-            "adversarial.iterations=1",
-            "forgetting.enabled=false",
-            "train.epochs=1",
-            "models.student.provider=hf",
-            f"models.student.name_or_path={student}",
-        ]
-        for role in ("teacher", "referee", "generator"):
-            settings += [
-                f"models.{role}.provider=openai",
-                f"models.{role}.base_url={server.base_url}",
-                f"models.{role}.model={role}-model",
-                f"models.{role}.api_key_env=DISTILLERY_E2E_KEY",
-                f"models.{role}.timeout_s=1",
-                f"models.{role}.backoff_base_s=0.05",
-                f"models.{role}.max_retries=8",
-                f"models.{role}.max_malformed_retries=4",
-            ]
+        settings = remote_settings(
+            server,
+            student,
+            api_key_env="DISTILLERY_E2E_KEY",
+            timeout_s=1,
+            backoff_base_s=0.05,
+            max_retries=8,
+            max_malformed_retries=4,
+        )
         args = ["--domain", "tiny", "--pack-path", str(TINY_PACKS), "--preset", "smoke"] + [
             a for s in settings for a in ("--set", s)
         ]
@@ -179,24 +185,8 @@ def test_an_endpoint_teacher_is_distilled_white_box_from_its_logprobs(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir()))
     student = _pruned_student(tmp_path / "student-init")
     with FakeOpenAIServer(reply=scripted_reply, topk=tokenizer_topk(tokenizer), tokenizer=tokenizer) as server:
-        settings = [
-            "adversarial.iterations=1",
-            "forgetting.enabled=false",
-            "train.epochs=1",
-            "train.stages=[sft,kd]",
-            "train.kd.beta=0",
-            "train.kd.lmbda=0",
-            "train.kd.top_k=5",
-            "models.student.provider=hf",
-            f"models.student.name_or_path={student}",
-        ]
-        for role in ("teacher", "referee", "generator"):
-            settings += [
-                f"models.{role}.provider=openai",
-                f"models.{role}.base_url={server.base_url}",
-                f"models.{role}.model={role}-model",
-                f"models.{role}.token_ids=true",
-            ]
+        settings = remote_settings(server, student, token_ids="true")
+        settings += ["train.stages=[sft,kd]", "train.kd.beta=0", "train.kd.lmbda=0", "train.kd.top_k=5"]
         args = ["--domain", "tiny", "--pack-path", str(TINY_PACKS), "--preset", "smoke"]
         proc = subprocess.run(
             distill_cmd()
