@@ -69,7 +69,15 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench` as a package when run as a script
 
-from bench.objectives import assess, build_student, fmt, learning_rates, prepare, referee_scores, show  # noqa: E402
+from bench.objectives import (  # noqa: E402
+    assess,
+    build_student,
+    fmt,
+    held_out_context,
+    learning_rates,
+    prepare,
+    show,
+)
 
 RECIPES = {
     "sft": {"stages": ["sft"]},
@@ -254,26 +262,6 @@ def train_and_assess(name: str, seed: int, setup: Setup, generation) -> dict:
     )
     shutil.rmtree(work, ignore_errors=True)
     return row
-
-
-def held_out_context(teacher, pack, system: str, teacher_answers: dict, max_eval: int, max_new: int) -> dict:
-    """The context objectives.assess scores against (objectives.main builds the same one inline)."""
-    from sdk.models.chat import answer_conversations
-
-    eval_rows = [r.model_dump() for r in pack.eval_rows()][:max_eval]
-    instructions = [r["instruction"] for r in eval_rows]
-    teacher_list = [teacher_answers[r["id"]] for r in eval_rows]
-    _, teacher_scores = referee_scores(teacher, system, instructions, teacher_list)
-    return {
-        "system": system,
-        "instructions": instructions,
-        "prompts": [teacher.render(c) for c in answer_conversations(system, instructions)],  # generation prompt on
-        "teacher_list": teacher_list,
-        "teacher_answers": teacher_answers,
-        "eval_rows": eval_rows,
-        "teacher_total": sum(teacher_scores),
-        "max_new": max_new,
-    }
 
 
 # ---------------------------------------------------------------------------------------------

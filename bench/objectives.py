@@ -221,6 +221,26 @@ def assess(folder, teacher, generation, ctx: dict) -> dict:
     }
 
 
+def held_out_context(teacher, pack, system: str, teacher_answers: dict, max_eval: int, max_new: int) -> dict:
+    """What assess() scores against: the held-out prompts, the teacher's answers to them and its referee total."""
+    from sdk.models.chat import answer_conversations
+
+    eval_rows = [r.model_dump() for r in pack.eval_rows()][:max_eval]
+    instructions = [r["instruction"] for r in eval_rows]
+    teacher_list = [teacher_answers[r["id"]] for r in eval_rows]
+    _, teacher_scores = referee_scores(teacher, system, instructions, teacher_list)
+    return {
+        "system": system,
+        "instructions": instructions,
+        "prompts": [teacher.render(c) for c in answer_conversations(system, instructions)],  # generation prompt on
+        "teacher_list": teacher_list,
+        "teacher_answers": teacher_answers,
+        "eval_rows": eval_rows,
+        "teacher_total": sum(teacher_scores),
+        "max_new": max_new,
+    }
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-size", type=int, default=48, help="seed tasks the teacher answers for training")
@@ -246,7 +266,6 @@ def main(argv=None) -> None:
     from sdk.adversarial.pairs import teacher_over_student
     from sdk.config import ModelsSettings, load_recipe
     from sdk.models import load_chat_model
-    from sdk.models.chat import answer_conversations
     from sdk.packs import resolve_pack
     from sdk.progress import quiet_libraries
     from sdk.store import atomic_write_jsonl
@@ -264,23 +283,8 @@ def main(argv=None) -> None:
     train_rows, teacher_answers = prepare(
         args.work_dir / "data", pack, teacher, system, args.train_size, args.max_eval, max_new
     )
-    eval_rows = [r.model_dump() for r in pack.eval_rows()][: args.max_eval]
-    instructions = [r["instruction"] for r in eval_rows]
-    teacher_list = [teacher_answers[r["id"]] for r in eval_rows]
-    prompts = [
-        teacher.render(c) for c in answer_conversations(system, instructions)
-    ]  # rendered chat prompts, generation prompt included
-    _, teacher_scores = referee_scores(teacher, system, instructions, teacher_list)
-    ctx = {
-        "system": system,
-        "instructions": instructions,
-        "prompts": prompts,
-        "teacher_list": teacher_list,
-        "teacher_answers": teacher_answers,
-        "eval_rows": eval_rows,
-        "teacher_total": sum(teacher_scores),
-        "max_new": max_new,
-    }
+    ctx = held_out_context(teacher, pack, system, teacher_answers, args.max_eval, max_new)
+    prompts, instructions, teacher_list = ctx["prompts"], ctx["instructions"], ctx["teacher_list"]
 
     record = build_student(
         pack, models, teacher, system, prompts, teacher_list, args.heal_steps, base.eval.heldout_chunks
