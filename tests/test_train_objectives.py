@@ -261,15 +261,23 @@ def test_kd_with_a_different_tokenizer_fails_fast(tiny, tmp_path):
     assert not (it / "checkpoints").exists()  # refused before the sft stage ran
 
 
-@pytest.mark.parametrize("stage", ["kd", "rlaif"])
-def test_endpoint_teacher_is_refused_for_white_box_stages(tiny, tmp_path, stage):
+@pytest.mark.parametrize(
+    "stage, kd, needle",
+    [
+        ("rlaif", {}, "'rlaif'.*openai"),
+        ("kd", {"source": "online"}, "'kd'.*openai.*top-k log-probabilities"),
+        ("kd", {}, "white-box KD from an endpoint teacher.*beta 0"),  # the default JSD with on-policy samples
+    ],
+)
+def test_endpoint_teacher_is_refused_for_white_box_stages(tiny, tmp_path, stage, kd, needle):
+    """rlaif and online KD need the teacher's weights; KD from an endpoint's stored top-k is forward KL only."""
     student, teacher = tiny
-    recipe = tiny_recipe(student, teacher, stages=["sft", stage])
+    recipe = tiny_recipe(student, teacher, stages=["sft", stage], kd=kd)
     models = recipe.models.model_copy(
         update={"teacher": ModelSpec(provider="openai", base_url="http://localhost:1/v1", model="m")}
     )
     recipe = recipe.model_copy(update={"models": models})
-    with pytest.raises(DistilleryError, match=f"'{stage}'.*openai"):
+    with pytest.raises(DistilleryError, match=needle):
         train_student(
             TrainRequest.in_folder(recipe, write_iteration(tmp_path / "iter_00"), tmp_path / "student", None, SYSTEM)
         )

@@ -77,9 +77,9 @@ def check_kd_teacher(recipe: Recipe) -> bool:
         return True
     if kd.beta != 0 or kd.lmbda != 0 or kd.temperature != 1.0:
         raise DistilleryError(
-            "an endpoint teacher is distilled from its stored top-k log-probabilities, which trains forward KL on "
-            f"its own answers: set train.kd.beta 0 and train.kd.lmbda 0 (got beta {kd.beta}, lmbda {kd.lmbda}, "
-            f"temperature {kd.temperature})"
+            "white-box KD from an endpoint teacher trains on its stored top-k log-probabilities, forward KL on its "
+            f"own answers: set train.kd.beta 0 and train.kd.lmbda 0 (got beta {kd.beta}, lmbda {kd.lmbda}, "
+            f"temperature {kd.temperature}), or kd.source online with a local teacher"
         )
     return False
 
