@@ -188,23 +188,21 @@ def test_an_endpoint_teacher_is_distilled_white_box_from_its_logprobs(tmp_path):
         settings = remote_settings(server, student, token_ids="true")
         settings += ["train.stages=[sft,kd]", "train.kd.beta=0", "train.kd.lmbda=0", "train.kd.top_k=5"]
         args = ["--domain", "tiny", "--pack-path", str(TINY_PACKS), "--preset", "smoke"]
-        proc = subprocess.run(
-            distill_cmd()
-            + ["run", *args, *[a for s in settings for a in ("--set", s)], "--run-dir", str(tmp_path / "r")],
-            capture_output=True,
-            text=True,
-            timeout=1200,
-        )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        args += [a for s in settings for a in ("--set", s)]
+
+        def run(name: str) -> subprocess.CompletedProcess:
+            done = subprocess.run(
+                distill_cmd() + ["run", *args, "--run-dir", str(tmp_path / name)],
+                capture_output=True,
+                text=True,
+                timeout=1200,
+            )
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            return done
+
+        proc = run("r")
         requests = list(server.requests)
-        again = subprocess.run(
-            distill_cmd()
-            + ["run", *args, *[a for s in settings for a in ("--set", s)], "--run-dir", str(tmp_path / "r2")],
-            capture_output=True,
-            text=True,
-            timeout=1200,
-        )
-        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        run("r2")
         assert server.count == len(requests)  # an identical rerun: every reply, log-probabilities too, from the cache
     run = tmp_path / "r"
     shards = sorted(p.relative_to(run).as_posix() for p in (run / "iter_00" / "teacher_logits").glob("shard-*.npy"))
