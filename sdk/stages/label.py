@@ -34,7 +34,7 @@ def run(ctx, k: int):
         return dict(r, answer=before["answer"], status="ok", provenance=dict(before["provenance"], reused=True))
 
     rows = [answers[r["id"]] if r["id"] in answers else reused(r) for r in pool]
-    stored = store_teacher_logits(ctx, k, [r for r in rows if r["status"] == "ok"])  # before the journal goes
+    stored = store_teacher_logits(ctx, k, [r for r in rows if r["status"] == "ok"], topk)  # before the journal goes
     path = ctx.store.write_jsonl(it.teacher, [{f: v for f, v in r.items() if f != TOPK_FIELD} for r in rows])
     journal.remove()
     return [path] + stored
@@ -92,7 +92,7 @@ def endpoint_topk(ctx) -> Optional[EndpointTopK]:
     return EndpointTopK(model, TokenMap(tokenizer), top_k, bool(check_vocabulary(spec, tokenizer)))
 
 
-def store_teacher_logits(ctx, k: int, rows: list[dict]) -> list:
+def store_teacher_logits(ctx, k: int, rows: list[dict], topk: Optional[EndpointTopK] = None) -> list:
     """The teacher's top-k per answer token to iter_<k>/teacher_logits/ (resumable): a local teacher's from one
     forward pass over each answer; an endpoint's from the logprobs of its replies (a row reused from an earlier
     iteration brings its stored top-k along)."""
@@ -104,12 +104,10 @@ def store_teacher_logits(ctx, k: int, rows: list[dict]) -> list:
     folder = ctx.layout.iteration(k).teacher_logits
     with LogitStore(folder, ctx.recipe.train.kd.top_k) as store:
         if ctx.recipe.models.teacher.provider == "openai":
-            from sdk.train.kd import student_tokenizer
-
             previous = ctx.layout.iteration(k - 1).teacher_logits if k > 0 else None
             copy_rows(previous, store, [r for r in rows if r.get("provenance", {}).get("reused")])
-            tokenizer = student_tokenizer(ctx.recipe, ctx.initial_student())
-            summary = fill_from_endpoint(store, tokenizer, rows, ctx.pack.spec.system_prompt)
+            topk = topk or endpoint_topk(ctx)
+            summary = fill_from_endpoint(store, topk.token_map.tokenizer, rows, ctx.pack.spec.system_prompt)
             share = summary["teacher_topk_share"]
             log(
                 f"stored the endpoint teacher's top-{summary['top_k']} for {summary['rows']} answers "
