@@ -55,6 +55,18 @@ class RunResult:
     status: str = "finished"
 
 
+def seed_stage(seed: int, stage: str) -> int:
+    """Seed python, numpy and torch for one stage from (recipe seed, stage name), so what a stage samples does
+    not depend on what ran before it in the process: a resumed run samples what an uninterrupted one does."""
+    import hashlib
+
+    from transformers import set_seed
+
+    stage_seed = int.from_bytes(hashlib.sha256(f"{seed}:{stage}".encode()).digest()[:4], "big") % 2**31
+    set_seed(stage_seed)
+    return stage_seed
+
+
 class Pipeline:
     def __init__(self, recipe: Recipe, store: RunStore, changed: Optional[list[str]] = None):
         """`changed` names the recipe keys a resume changed (to name them if a finished stage read one)."""
@@ -84,6 +96,7 @@ class Pipeline:
             log(f"[dim]skip[/dim] {name} (finished in an earlier session)")
             return
         log(f"[bold cyan]stage[/bold cyan] {name}")
+        seed_stage(self.recipe.seed, name)
         start = time.time()
         outputs = (stage.run(self.ctx, k) if stage.per_iteration else stage.run(self.ctx)) or []
         self.ran.append(name)
