@@ -134,6 +134,7 @@ class EvalLayout(_Folder):
     teacher = _file("teacher.jsonl")  # eval_teacher
     teacher_journal = _file("teacher.partial.jsonl")
     teacher_summary = _file("teacher.json")
+    teacher_logits = _file("teacher_logits")  # an endpoint teacher's top-k on its answers, when kd stores them
     student_before = _file("student_before.jsonl")  # eval_before
     referee_before = _file("referee_before.jsonl")
     before = _file("before.json")

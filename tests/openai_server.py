@@ -7,7 +7,9 @@ FastAPI on uvicorn, bound to 127.0.0.1 on a free port, run in a background threa
     server.requests   # every request body that reached the server, faulted ones included
 
 Replies come from `reply(messages) -> str`: canned text by default, or a real model through
-`model_reply(chat_model)`. Faults, by name:
+`model_reply(chat_model)`. With `tokenizer=` it also serves vLLM's /tokenize (a prompt, or chat messages
+through the tokenizer's chat template); with `prompt_logprobs=` (e.g. `model_prompt_logprobs(chat_model)`)
+/v1/completions answers `echo: true` requests with every prompt token's log-probability, as vLLM does. Faults, by name:
     429        HTTP 429 with a Retry-After header (`retry_after`)
     500, 503   HTTP 500 / 503
     400        HTTP 400 (a request the server will never accept)
@@ -71,6 +73,27 @@ def model_topk(chat_model):
     return topk
 
 
+def model_prompt_logprobs(chat_model):
+    """A prompt scorer for FakeOpenAIServer(prompt_logprobs=...): the model's log-prob of each prompt token given
+    the ones before it (None for the first), as vLLM's echoed completions report them."""
+    import torch
+
+    lock = threading.Lock()
+
+    def score(ids: list[int]) -> list:
+        with lock, torch.inference_mode():
+            logits = chat_model.model(input_ids=torch.tensor([ids])).logits[0].float()
+        logp = torch.log_softmax(logits[:-1], dim=-1).gather(-1, torch.tensor(ids[1:]).unsqueeze(-1)).squeeze(-1)
+        return [None] + logp.tolist()
+
+    return score
+
+
+def synthetic_prompt_logprobs(ids: list[int]) -> list:
+    """A prompt scorer without a model: each token's log-prob falls with its id's residue (cheap, deterministic)."""
+    return [None] + [-(0.2 + (i % 11) / 5) for i in ids[1:]]
+
+
 def tokenizer_topk(tokenizer):
     """Log-probabilities without a model: each reply token at -0.1, then k - 1 neighbouring ids, falling off."""
 
@@ -119,6 +142,7 @@ class FakeOpenAIServer:
         usage: tuple[int, int] | None = None,
         topk=None,
         tokenizer=None,
+        prompt_logprobs=None,
     ):
         for name in list(faults) + list((fault_on or {}).values()) + list(random_kinds):
             if name not in FAULTS + ("ok",):
@@ -137,6 +161,7 @@ class FakeOpenAIServer:
         self.usage = usage  # fixed (prompt_tokens, completion_tokens); default: word counts
         self.topk = topk  # (messages, text, k) -> per-token top-k, for requests with logprobs (model_topk)
         self.tokenizer = tokenizer  # names the tokens in logprobs, and serves vLLM's /tokenize when given
+        self.prompt_logprobs = prompt_logprobs  # (ids) -> [None, lp, ...]: /v1/completions with echo (vLLM)
         self.requests: list[dict] = []
         self.auth_headers: list[str] = []
         self.served: list[str] = []  # the fault (or "ok") each request got, in arrival order
@@ -166,7 +191,7 @@ class FakeOpenAIServer:
 
     def prompts(self) -> list[str]:
         with self._lock:
-            return [r["messages"][-1]["content"] for r in self.requests]
+            return [r["messages"][-1]["content"] for r in self.requests if r.get("messages")]
 
     def _pick_fault(self, prompt: str) -> str:
         with self._lock:
@@ -195,33 +220,50 @@ class FakeOpenAIServer:
             if server.tokenizer is None:
                 return JSONResponse({"detail": "Not Found"}, 404)
             body = await request.json()
-            ids = server.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))["input_ids"]
+            if "messages" in body:  # vLLM renders chat messages through the model's template first
+                text = server.tokenizer.apply_chat_template(
+                    body["messages"], tokenize=False, add_generation_prompt=body.get("add_generation_prompt", True)
+                )
+                ids = server.tokenizer(text, add_special_tokens=body.get("add_special_tokens", False))["input_ids"]
+            else:
+                ids = server.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))[
+                    "input_ids"
+                ]
             return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": 8192})
+
+        @app.post("/v1/completions")
+        async def completions(request: Request):
+            if server.prompt_logprobs is None:
+                return JSONResponse({"detail": "Not Found"}, 404)
+            return await server._serve(await request.json(), request, server._completion)
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request):
-            body = await request.json()
-            prompt = str(body["messages"][-1]["content"]) if body.get("messages") else ""
-            with server._lock:
-                server.requests.append(body)
-                server.auth_headers.append(request.headers.get("authorization", ""))
-                server.times.append(time.monotonic())
-            fault = server._pick_fault(prompt)
-            with server._lock:
-                server.served.append(fault)
-                server.in_flight += 1
-                server.max_in_flight = max(server.max_in_flight, server.in_flight)
-            try:
-                if server.latency:
-                    await asyncio.sleep(server.latency)
-                return await server._respond(fault, body, request.headers.get("authorization", ""))
-            finally:
-                with server._lock:
-                    server.in_flight -= 1
+            return await server._serve(await request.json(), request, server._chat_completion)
 
         return app
 
-    async def _respond(self, fault: str, body: dict, auth: str) -> Response:
+    async def _serve(self, body: dict, request: Request, answer) -> Response:
+        """Record the request, pick its fault, and answer it (the fault's reply, or `answer(body)`)."""
+        prompt = str(body["messages"][-1]["content"]) if body.get("messages") else str(body.get("prompt", ""))
+        with self._lock:
+            self.requests.append(body)
+            self.auth_headers.append(request.headers.get("authorization", ""))
+            self.times.append(time.monotonic())
+        fault = self._pick_fault(prompt)
+        with self._lock:
+            self.served.append(fault)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            return await self._respond(fault, body, request.headers.get("authorization", ""), answer)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _respond(self, fault: str, body: dict, auth: str, answer) -> Response:
         if fault == "429":
             return JSONResponse(
                 {"error": {"message": "rate limited", "type": "rate_limit"}},
@@ -247,7 +289,43 @@ class FakeOpenAIServer:
             return StreamingResponse(torn(), media_type="application/json")
         if fault == "slow":
             await asyncio.sleep(self.slow_s)
-        if fault == "empty":
+        return await answer(body, empty=fault == "empty")
+
+    async def _completion(self, body: dict, empty: bool = False) -> Response:
+        """An echoed completion: the prompt ids' log-probs (vLLM's legacy `logprobs` shape) and one generated token."""
+        ids = [int(i) for i in body["prompt"]]
+        if empty:
+            return JSONResponse({"id": "cmpl-1", "object": "text_completion", "choices": []})
+        scores = await asyncio.to_thread(self.prompt_logprobs, ids)
+        tokens = [self.tokenizer.decode([i]) for i in ids]
+        offsets = [sum(len(t) for t in tokens[:n]) for n in range(len(tokens))]
+        return JSONResponse(
+            {
+                "id": "cmpl-1",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body.get("model", ""),
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": "".join(tokens) + " the",
+                        "logprobs": {
+                            "tokens": tokens + [" the"],
+                            "token_logprobs": scores + [-1.0],
+                            "top_logprobs": [None]
+                            + [{t: lp} for t, lp in zip(tokens[1:], scores[1:])]
+                            + [{" the": -1.0}],
+                            "text_offset": offsets + [offsets[-1] + len(tokens[-1])],
+                        },
+                        "finish_reason": "length",
+                    }
+                ],
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1},
+            }
+        )
+
+    async def _chat_completion(self, body: dict, empty: bool = False) -> Response:
+        if empty:
             text = ""
         elif self.reply is canned_reply:
             text = canned_reply(body["messages"])

@@ -237,6 +237,16 @@ def test_a_damaged_manifest_is_one_line_that_says_how_to_recover(tmp_path):
             },
             "referee",
         ),
+        (
+            {
+                "train.stages": ["sft", "rlaif"],
+                "models.teacher.provider": "openai",
+                "models.teacher.base_url": "http://127.0.0.1:9/v1",
+                "models.teacher.model": "t",
+                "models.student.base": "generator",
+            },
+            "rlaif.*has no /tokenize route.*train.stages \\[sft\\] or \\[sft, dpo\\]",
+        ),
     ],
 )
 def test_every_role_check_runs_before_any_compute(tmp_path, overrides, needle):

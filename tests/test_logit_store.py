@@ -372,3 +372,44 @@ def test_label_stage_stores_the_top_k_and_kd_trains_from_it_without_the_teacher(
     m = ctx.store.read_json(it.train_metrics)["stages"]["kd"]
     assert m["source"] == "store" and m["top_k"] == 20 and m["steps"] == 3
     assert all(math.isfinite(h["loss"]) for h in m["loss_history"])
+
+
+def test_fidelity_estimated_from_a_stored_top_k_matches_a_hand_computation(tiny, tmp_path):
+    """An endpoint teacher's fidelity figures (sdk/evaluate/fidelity.py, fidelity_from_topk): KL over the top-k and
+    one tail bucket, exact top-1 agreement and student perplexity, against the same figures from dense logits."""
+    from transformers import AutoTokenizer
+
+    from sdk.evaluate.fidelity import fidelity_from_topk
+    from sdk.train.sft import sft_dataset
+
+    student_dir, teacher_dir = tiny
+    teacher, student = load(teacher_dir), load(student_dir)
+    tok = AutoTokenizer.from_pretrained(student_dir)
+    it = write_iteration(tmp_path / "iter_00")
+    rows = [r for r in map(json.loads, (it / "teacher.jsonl").read_text().splitlines()) if r["status"] == "ok"][:3]
+    k = 20
+    with LogitStore(tmp_path / "store", k) as store:
+        fill_from_local_teacher(store, teacher, tok, rows, SYSTEM)
+    store = LogitStore(tmp_path / "store")
+    items, kl, agree, nll, n = [], 0.0, 0.0, 0.0, 0
+    for row, ex in zip(rows, sft_dataset(rows, SYSTEM)):
+        full, p = completion_tokens(tok, ex["prompt"], ex["completion"])
+        items.append((full, p, store.get(row["id"])))
+        ids = torch.tensor([full])
+        with torch.no_grad():
+            lt = teacher(input_ids=ids).logits[0, p - 1 : -1].float().log_softmax(-1)
+            ls = student(input_ids=ids).logits[0, p - 1 : -1].float().log_softmax(-1)
+        top_lp, top_ids = lt.topk(k, dim=-1)
+        s_top = ls.gather(-1, top_ids)
+        t_tail, s_tail = torch.log1p(-top_lp.exp().sum(-1)), torch.log1p(-s_top.exp().sum(-1))  # the k+1-th bucket
+        kl += float((top_lp.exp() * (top_lp - s_top)).sum() + (t_tail.exp() * (t_tail - s_tail)).sum())
+        agree += float((lt.argmax(-1) == ls.argmax(-1)).sum())
+        nll += float(-ls.gather(-1, torch.tensor(full[p:]).unsqueeze(-1)).sum())
+        n += len(full) - p
+    got = fidelity_from_topk(student, items)
+    assert got["fidelity_tokens"] == n
+    assert got["kl_per_token"] == pytest.approx(kl / n, rel=0.02)  # float16 storage of the teacher's log-probs
+    assert got["top1_agreement"] == pytest.approx(agree / n, abs=1e-4)
+    assert got["student_ppl"] == pytest.approx(math.exp(nll / n), rel=1e-3)
+    assert got["kl_per_token"] <= answer_kl(teacher, student, tok, rows) + 1e-3  # a lower bound of the full KL
+    assert got["teacher_ppl"] is None

@@ -219,3 +219,59 @@ def test_an_endpoint_teacher_is_distilled_white_box_from_its_logprobs(tmp_path):
     kd = json.loads((run / "iter_00" / "train_metrics.json").read_text())["stages"]["kd"]
     assert kd["source"] == "store" and kd["steps"] > 0 and math.isfinite(kd["train_loss"])
     assert "stored the endpoint teacher's top-5" in proc.stdout + proc.stderr
+    # the held-out answers' top-k too, so the summary's fidelity is an estimate rather than "unavailable"
+    assert (run / "eval" / "teacher_logits" / "meta.json").is_file()
+    assert "teacher_topk" not in (run / "eval" / "teacher.jsonl").read_text()
+    evals = json.loads((run / "metrics.json").read_text())["eval"]
+    for when in ("before", "after"):
+        assert evals[when]["fidelity"].startswith("estimated from the endpoint's top-5"), evals[when]
+        assert evals[when]["kl_per_token"] >= 0 and 0 <= evals[when]["top1_agreement"] <= 1
+        assert evals[when]["domain_ppl"] > 1
+    assert "(top-k estimate)" in proc.stdout + proc.stderr  # the summary table says the KL is an estimate
+
+
+@pytest.mark.slow
+def test_an_endpoint_teacher_referees_by_likelihood_and_rewards_rlaif(tmp_path):
+    """[sft, rlaif] and the likelihood referee with every role on a vLLM-like server: the teacher scores answers
+    through /tokenize and echoed /v1/completions, the verdicts carry those log-likelihoods, and GRPO trains on them."""
+    from transformers import AutoTokenizer
+
+    from sdk.models.embedded import embedded_model_dir
+    from tests.openai_server import synthetic_prompt_logprobs
+
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir()))
+    student = _pruned_student(tmp_path / "student-init")
+    with FakeOpenAIServer(
+        reply=scripted_reply, tokenizer=tokenizer, prompt_logprobs=synthetic_prompt_logprobs
+    ) as server:
+        settings = remote_settings(server, student)
+        settings += ["train.stages=[sft,rlaif]", "adversarial.referee=likelihood", "train.rlaif.max_new_tokens=8"]
+        args = [
+            "--domain",
+            "tiny",
+            "--pack-path",
+            str(TINY_PACKS),
+            "--preset",
+            "smoke",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ]
+        proc = subprocess.run(
+            distill_cmd() + ["run", *args] + [a for s in settings for a in ("--set", s)],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+        requests = list(server.requests)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    scored = [r for r in requests if "echo" in r]
+    assert scored and all(r["model"] == "teacher-model" and r["echo"] is True for r in scored)
+    assert not [r for r in requests if r.get("model") == "referee-model"]  # the likelihood referee asks no LLM judge
+    run = tmp_path / "r"
+    verdicts = [json.loads(line) for line in (run / "iter_00" / "referee.jsonl").read_text().splitlines()]
+    assert verdicts and all(v["referee"] == "likelihood" for v in verdicts)
+    assert all(isinstance(v["loglik"]["teacher"], float) for v in verdicts)
+    rlaif = json.loads((run / "iter_00" / "train_metrics.json").read_text())["stages"]["rlaif"]
+    assert rlaif["steps"] > 0 and math.isfinite(rlaif["rewards_mean"])
+    after = [json.loads(line) for line in (run / "iter_00" / "eval_student.jsonl").read_text().splitlines()]
+    assert any(isinstance(r.get("teacher_loglik"), float) for r in after)

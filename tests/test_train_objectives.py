@@ -264,13 +264,13 @@ def test_kd_with_a_different_tokenizer_fails_fast(tiny, tmp_path):
 @pytest.mark.parametrize(
     "stage, kd, needle",
     [
-        ("rlaif", {}, "'rlaif'.*openai"),
         ("kd", {"source": "online"}, "'kd'.*openai.*top-k log-probabilities"),
         ("kd", {}, "white-box KD from an endpoint teacher.*beta 0"),  # the default JSD with on-policy samples
     ],
 )
 def test_endpoint_teacher_is_refused_for_white_box_stages(tiny, tmp_path, stage, kd, needle):
-    """rlaif and online KD need the teacher's weights; KD from an endpoint's stored top-k is forward KL only."""
+    """Online KD needs the teacher's weights; KD from an endpoint's stored top-k is forward KL only. (rlaif with an
+    endpoint teacher is checked before the run: tests/test_faults.py, tests/test_endpoint_loglik.py.)"""
     student, teacher = tiny
     recipe = tiny_recipe(student, teacher, stages=["sft", stage], kd=kd)
     models = recipe.models.model_copy(

@@ -185,12 +185,15 @@ def _row(pair: Pair, kind: str, teacher_score, student_score, findings: dict, **
 
 
 class LikelihoodReferee:
-    """Scores answers by the (local) teacher's mean per-token log-likelihood; see the module docstring."""
+    """Scores answers by the teacher's mean per-token log-likelihood; see the module docstring.
+
+    `loglik(conversations, answers, description)` gives those (RunContext.teacher_loglik: a local teacher's
+    forward pass, or a vLLM endpoint's echoed prompt log-probs)."""
 
     kind = "likelihood"
 
-    def __init__(self, pack, teacher, system_prompt: str):
-        self.pack, self.teacher, self.system_prompt = pack, teacher, system_prompt
+    def __init__(self, pack, loglik, system_prompt: str):
+        self.pack, self.loglik, self.system_prompt = pack, loglik, system_prompt
 
     def score(self, pairs: Sequence[Pair], journal=None, description: str = "likelihood referee") -> list[dict]:
         from sdk.models.chat import answer_conversations
@@ -201,8 +204,8 @@ class LikelihoodReferee:
             return []
         log(f"{description}: teacher log-likelihood of {2 * len(pairs)} answers")
         convs = answer_conversations(self.system_prompt, [p.instruction for p in pairs])
-        teacher_ll = self.teacher.loglik(convs, [p.teacher_answer for p in pairs])
-        student_ll = self.teacher.loglik(convs, [p.student_answer for p in pairs])
+        teacher_ll = self.loglik(convs, [p.teacher_answer for p in pairs], description)
+        student_ll = self.loglik(convs, [p.student_answer for p in pairs], description)
         rows = []
         for pair, t_ll, s_ll in zip(pairs, teacher_ll, student_ll):
             # An empty student answer has no likelihood: it is the worst answer, so it scores the minimum.

@@ -10,8 +10,17 @@ Every figure is token-weighted over the whole set (sum over all answer tokens / 
 answer counts for more than a short one. Domain perplexity is exp(mean nll) of a model on plain text
 (held-out corpus chunks), with no prompt.
 
-This needs both models' full logits, so a local teacher. An endpoint teacher that returns top-k
-log-probabilities is future work (docs/metrics.md); the figures are then marked unavailable.
+This needs both models' full logits, so a local teacher. An endpoint teacher that returned its top-k
+log-probabilities for its held-out answers (stored as the teacher logit store keeps them) gives an
+estimate instead, `fidelity_from_topk`: per token, KL over the teacher's top-k plus one bucket for the rest
+of the vocabulary,
+
+  KL_t ~= sum_{i in K} p_T(i) (log p_T(i) - log p_S(i)) + p_T(tail) (log p_T(tail) - log p_S(tail))
+
+(the loss sdk/train/kd_store.py trains; a lower bound of the full KL, since merging outcomes never raises a
+KL divergence), top-1 agreement exact (the teacher's top-1 is the first of its top-k), and the student's
+perplexity exact. Positions for which the server gave no top-k (stored one-hot) are left out of KL and
+top-1; the teacher's own perplexity is not known.
 """
 
 from __future__ import annotations
@@ -111,6 +120,49 @@ def fidelity(teacher, student, tokenizer, prompts: Sequence[str], answers: Seque
         for j, i in enumerate(chunk):
             items[i] = {k: v[j] for k, v in sums.items()}
     return {"items": [_item(x) for x in items], "summary": _summary(items)}
+
+
+def fidelity_from_topk(student, items: Sequence[tuple[list[int], int, object]]) -> dict:
+    """The estimate from an endpoint's stored top-k (see the module docstring).
+
+    items: (prompt + completion token ids, prompt length, the row's StoredRow), where the stored tokens are the
+    completion tokens (logit_store.completion_tokens); positions past FIDELITY_MAX_TOKENS are not scored.
+    """
+    import torch
+
+    from sdk.train.kd_store import sparse_forward_kl
+
+    device = next(student.parameters()).device
+    sums = {"tokens": 0, "kl": 0.0, "agree": 0.0, "student_nll": 0.0, "nll_tokens": 0}
+    for ids, prompt_len, row in items:
+        n = min(len(row), FIDELITY_MAX_TOKENS - prompt_len)
+        if n <= 0:
+            continue
+        input_ids = torch.tensor([ids[: prompt_len + n]], device=device)
+        with torch.inference_mode():
+            logits = student(input_ids=input_ids).logits[0, prompt_len - 1 : prompt_len + n - 1].float()  # (n, V)
+        topk_ids = torch.from_numpy(row.topk_ids[:n].astype("int64")).to(device)
+        topk_lp = torch.from_numpy(row.topk_logprobs[:n].astype("float32")).to(device)
+        tail = torch.from_numpy(row.tail_logprob[:n].astype("float32")).to(device)
+        targets = torch.from_numpy(row.token_ids[:n].astype("int64")).to(device)
+        nll = torch.logsumexp(logits, -1) - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        # a position the server gave no top-k for is stored one-hot (log-prob 0, nothing in the tail)
+        scored = ~((topk_lp[:, 0] == 0) & torch.isinf(tail))
+        kl = sparse_forward_kl(logits, topk_ids, topk_lp, tail)
+        agree = (logits.argmax(-1) == topk_ids[:, 0]).float()
+        sums["tokens"] += int(scored.sum())
+        sums["kl"] += float(kl[scored].sum())
+        sums["agree"] += float(agree[scored].sum())
+        sums["student_nll"] += float(nll.sum())
+        sums["nll_tokens"] += n
+    n = sums["tokens"]
+    return {
+        "kl_per_token": round(sums["kl"] / n, 4) if n else None,
+        "top1_agreement": round(sums["agree"] / n, 4) if n else None,
+        "student_ppl": round(math.exp(sums["student_nll"] / sums["nll_tokens"]), 3) if sums["nll_tokens"] else None,
+        "teacher_ppl": None,
+        "fidelity_tokens": n,
+    }
 
 
 def _item(sums: dict) -> dict:

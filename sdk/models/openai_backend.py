@@ -11,7 +11,15 @@ retries are done here so they are explicit and tested:
   401, 403, 404                                        the whole call stops with a ModelError (wrong key/URL/model)
 
 A row that still fails comes back as a ModelError whose message is the reason; it never crashes the
-stage. The key is read from the environment variable named by `api_key_env` when a call starts, and
+stage.
+
+`loglik` scores answers under the endpoint's model (the likelihood referee, the RLAIF reward) the way
+vLLM offers it: the conversation and the answer are tokenized by the server's free /tokenize route, and
+one /v1/completions call per answer sends those token ids with `echo: true, logprobs: 1, max_tokens: 1`,
+so the reply carries the log-probability of every prompt token (`choices[0].logprobs.token_logprobs`, or
+vLLM's `prompt_logprobs`). Those calls go through the same slots, limits, budget, retries and response
+cache as chat completions. A server without /tokenize (OpenAI, most hosted APIs) cannot do this and is
+refused before anything is paid for. The key is read from the environment variable named by `api_key_env` when a call starts, and
 is scrubbed from every message this module produces.
 """
 
@@ -19,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
+import math
 import os
 import random
 import time
@@ -26,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sdk.config import GenerationSettings, ModelSpec
-from sdk.errors import BudgetExhausted, ModelError
+from sdk.errors import BudgetExhausted, ConfigError, ModelError
 from sdk.models.base import ChatBackend, Emit, Reply
 
 Messages = list[dict]
@@ -168,21 +178,26 @@ class OpenAIChatModel(ChatBackend):
         return results
 
     def _answer(self, items: list[tuple[int, Messages]], settings: GenerationSettings, budget, emit: Emit) -> None:
-        run_coroutine(self._answer_async(items, settings, budget, emit))
+        limits = self._limits()
 
-    async def _answer_async(self, items, settings: GenerationSettings, budget, emit: Emit) -> None:
+        async def ask(client, messages):
+            return await self._ask(client, messages, settings, budget, limits)
+
+        run_coroutine(self._run_async(items, ask, budget, emit))
+
+    async def _run_async(self, items, ask, budget, emit: Emit) -> None:
+        """Run `ask(client, payload)` for every (index, payload), `in_flight` at a time, emitting as rows finish."""
         client = self._client()
         spec = self.spec
-        limits = self._limits()
         pending = iter(items)
         stop: list[BaseException] = []
 
         async def worker() -> None:
-            for index, messages in pending:  # workers share one iterator: each item is taken once
+            for index, payload in pending:  # workers share one iterator: each item is taken once
                 if stop:
                     return
                 try:
-                    out = await self._ask(client, messages, settings, budget, limits)
+                    out = await ask(client, payload)
                     emit([(index, out)])
                 except _Stop as exc:
                     stop.append(exc.error)
@@ -221,12 +236,25 @@ class OpenAIChatModel(ChatBackend):
         return kwargs
 
     async def _ask(self, client, messages: Messages, settings: GenerationSettings, budget, limits) -> str | ModelError:
-        """One row: send, retry as the module docstring says; the reply text, or a ModelError with the reason."""
+        """One chat completion: the reply text (a Reply with its logprobs when asked for), or a ModelError."""
+
+        def parse(reply):
+            text, reason = _content(reply)
+            if reason is None and settings.top_logprobs:
+                text, reason = _with_logprobs(reply, text)
+            return text, reason
+
+        estimate = sum(len(str(m.get("content", ""))) for m in messages) / 4 + settings.max_new_tokens
+        body = self._request(messages, settings)
+        return await self._send(client, "/chat/completions", body, parse, estimate, budget, limits)
+
+    async def _send(self, client, route: str, body: dict, parse, estimate: float, budget, limits):
+        """One request: send, retry as the module docstring says; parse(reply) -> (value, None) or (None, why
+        not). Returns the value, or a ModelError with the reason."""
         import openai
 
         spec = self.spec
         requests, tokens = limits
-        estimate = sum(len(str(m.get("content", ""))) for m in messages) / 4 + settings.max_new_tokens
         transient = malformed = 0
         while True:
             if requests is not None:
@@ -241,7 +269,7 @@ class OpenAIChatModel(ChatBackend):
                 # is built from validated settings, so the per-request TypedDict transform of
                 # `chat.completions.create` (about 1 ms of CPU each) is skipped; auth, timeouts and
                 # error mapping are the client's own.
-                reply = await client.post("/chat/completions", body=self._request(messages, settings), cast_to=object)
+                reply = await client.post(route, body=body, cast_to=object)
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if status in (401, 403):
@@ -252,9 +280,7 @@ class OpenAIChatModel(ChatBackend):
                     )
                 if status == 404:
                     raise _Stop(
-                        ModelError(
-                            f"{spec.base_url} has no model '{spec.model}' or no chat completions route (HTTP 404)"
-                        )
+                        ModelError(f"{spec.base_url} has no model '{spec.model}' or no {route} route (HTTP 404)")
                     )
                 if not (status in (408, 409, 429) or status >= 500):
                     return ModelError(self._scrub(f"HTTP {status}: {_detail(exc)}"))
@@ -275,17 +301,156 @@ class OpenAIChatModel(ChatBackend):
                     budget.record(*used)
                 if tokens is not None and sum(used):
                     tokens.adjust(sum(used) - estimate)
-                text, reason = _content(reply)
-                if reason is None and settings.top_logprobs:
-                    text, reason = _with_logprobs(reply, text)
+                value, reason = parse(reply)
                 if reason is None:
-                    return text
+                    return value
                 malformed += 1
             if transient > spec.max_retries:
                 return ModelError(self._scrub(f"{reason}; gave up after {spec.max_retries} retries"))
             if malformed > spec.max_malformed_retries:
                 return ModelError(self._scrub(f"{reason}; gave up after {malformed} tries"))
             await asyncio.sleep(self._backoff(max(transient, malformed), retry_after))
+
+    # log-likelihoods (vLLM /tokenize + /v1/completions with echo) ------------------------------
+    def server_root(self) -> str:
+        """The server's root URL, where vLLM serves /tokenize (base_url without its /v1)."""
+        root = self.spec.base_url.rstrip("/")
+        return root[: -len("/v1")] if root.endswith("/v1") else root
+
+    def _headers(self) -> dict:
+        env = self.spec.api_key_env
+        key = os.environ.get(env) if env else None
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def tokenize(self, body: dict) -> list[int] | None:
+        """Token ids from the server's /tokenize route (vLLM; free, not billed), or None where it has none."""
+        import httpx
+
+        try:
+            reply = httpx.post(
+                f"{self.server_root()}/tokenize",
+                json=dict(body, model=self.spec.model),
+                headers=self._headers(),
+                timeout=self.spec.timeout_s,
+            )
+            tokens = reply.json().get("tokens") if reply.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return tokens if isinstance(tokens, list) else None
+
+    def check_loglik(self, purpose: str, alternative: str = "use the LLM referee (adversarial.referee: llm)") -> None:
+        """Refuse, before anything is paid for, a server that cannot score answers (no /tokenize route)."""
+        probe = [{"role": "user", "content": "Distillery checks that this server can score answers."}]
+        if self.tokenize({"messages": probe, "add_generation_prompt": True}) is None:
+            raise ConfigError(
+                f"{purpose} needs the teacher's log-probabilities of given answers, which an endpoint offers only as "
+                f"vLLM does (/tokenize and /v1/completions with echo and logprobs); {self.spec.base_url} has no "
+                f"/tokenize route: {alternative}, or a local teacher"
+            )
+
+    def loglik(
+        self, conversations: Sequence[Messages], answers: Sequence[str], budget=None, description: str = "scoring"
+    ) -> list[float | None]:
+        """Mean per-token log-likelihood of each answer given its conversation, under the endpoint's model:
+        LocalChatModel.loglik's figure, (1/|a|) * sum_t log p(a_t | prompt, a_<t), from the prompt log-probs that
+        a completions call with echo returns (see the module docstring). An empty answer has no score (None);
+        an answer the server could not score after the retries is None too, with the reason logged."""
+        from sdk.models.cache import cache_key
+        from sdk.progress import log, progress_bar
+
+        answers = [a.strip() for a in answers]
+        results: list[float | None] = [None] * len(answers)
+        keys = [
+            cache_key(
+                self.cache_provider, self.cache_model, list(c) + [{"role": "assistant", "content": a}], {"loglik": 1}
+            )
+            for c, a in zip(conversations, answers)
+        ]
+        cache = self.cache
+        found = cache.get_many([k for k, a in zip(keys, answers) if a]) if cache is not None else {}
+        todo = []
+        for i, (key, answer) in enumerate(zip(keys, answers)):
+            if key in found:
+                results[i] = json.loads(found[key])
+            elif answer:
+                todo.append((i, (conversations[i], answer)))
+        failed: list[str] = []
+        limits = self._limits()
+
+        async def ask(client, payload):
+            messages, answer = payload
+            # /tokenize is free and fast; on a thread, so the event loop keeps the other requests moving
+            prompt = await asyncio.to_thread(self.tokenize, {"messages": list(messages), "add_generation_prompt": True})
+            tokens = await asyncio.to_thread(self.tokenize, {"prompt": answer, "add_special_tokens": False})
+            if prompt is None or tokens is None:
+                return ModelError(f"{self.server_root()}/tokenize did not answer")
+            body = {
+                "model": self.spec.model,
+                "prompt": prompt + tokens,
+                "echo": True,
+                "logprobs": 1,
+                "max_tokens": 1,
+                "temperature": 0.0,
+            }
+            return await self._send(
+                client,
+                "/completions",
+                body,
+                lambda reply: _echo_loglik(reply, prompt, tokens),
+                len(body["prompt"]),
+                budget,
+                limits,
+            )
+
+        with progress_bar(f"{description} ({self.name}, log-likelihood)", len(answers)) as advance:
+            advance(len(answers) - len(todo))
+
+            def emit(done: list) -> None:
+                for i, out in done:
+                    if isinstance(out, BaseException):
+                        failed.append(str(out))
+                        continue
+                    results[i] = out
+                    if cache is not None:
+                        cache.put(keys[i], self.cache_provider, self.cache_model, json.dumps(out))
+                advance(len(done))
+
+            if todo:
+                run_coroutine(self._run_async(todo, ask, budget, emit))
+        if cache is not None:
+            cache.count(self.cache_model, len(found), len(todo))
+        if failed:
+            log(f"{self.name}: {len(failed)} of {len(todo)} answers could not be scored (first reason: {failed[0]})")
+        return results
+
+
+def _echo_loglik(reply, prompt: list[int], answer: list[int]) -> tuple[float | None, str | None]:
+    """The answer tokens' mean log-prob from an echoed completion: (value, None), else (None, why not)."""
+    choices = reply.get("choices") if isinstance(reply, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None, "malformed reply (no choices)"
+    choice = choices[0]
+    n, span = len(prompt) + len(answer), range(len(prompt), len(prompt) + len(answer))
+    values = None
+    if isinstance(choice.get("prompt_logprobs"), list):  # vLLM: [None, {"<id>": {"logprob": ...}, ...}, ...]
+        entries = choice["prompt_logprobs"]
+        try:
+            ids = prompt + answer
+            values = [float(entries[t][str(ids[t])]["logprob"]) for t in span]
+        except (IndexError, KeyError, TypeError, ValueError):
+            values = None
+    if values is None:
+        logprobs = choice.get("logprobs")
+        token_logprobs = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
+        if not isinstance(token_logprobs, list) or len(token_logprobs) < n:
+            return None, "reply without the prompt's log-probabilities (does the server support echo with logprobs?)"
+        try:
+            values = [float(token_logprobs[t]) for t in span]
+        except (TypeError, ValueError):
+            return None, "malformed prompt log-probabilities in the reply"
+    if not all(math.isfinite(v) and v <= 1e-6 for v in values):
+        return None, "malformed prompt log-probabilities in the reply (not finite, or above 0)"
+    return sum(values) / len(values), None
 
 
 def _int(value) -> int:

@@ -37,6 +37,12 @@ pre.scroll{max-height:28em;overflow:auto} img{max-width:100%}
 """
 
 
+def estimate_note(summary: dict) -> str:
+    """' (estimated from ...)' when the fidelity figures come from an endpoint's top-k, else ''."""
+    how = str(summary.get("fidelity") or "")
+    return f" ({how})" if how.startswith("estimated") else ""
+
+
 def esc(value) -> str:
     return html.escape("" if value is None else str(value))
 
@@ -288,7 +294,7 @@ def section_headline(metrics: dict, status: str) -> str:
     if after.get("kl_per_token") is not None:
         badges.insert(
             1,
-            f"<span class='badge info'>KL to teacher {fmt(before.get('kl_per_token'), 2)} → {fmt(after['kl_per_token'], 2)} nats/token · top-1 agreement {fmt(before.get('top1_agreement'), 2)} → {fmt(after.get('top1_agreement'), 2)}</span>",
+            f"<span class='badge info'>KL to teacher {fmt(before.get('kl_per_token'), 2)} → {fmt(after['kl_per_token'], 2)} nats/token · top-1 agreement {fmt(before.get('top1_agreement'), 2)} → {fmt(after.get('top1_agreement'), 2)}{estimate_note(after)}</span>",
         )
     if after.get("looping_answers") or after.get("empty_answers"):
         badges.append(

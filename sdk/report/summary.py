@@ -51,8 +51,11 @@ def eval_rows(metrics: dict) -> list[tuple[str, str, str, str, bool | None, str]
     """(label, before, after, change, improved, teacher) per metric; improved is None where it does not apply."""
     before, after = metrics["eval"]["before"], metrics["eval"]["after"]
     teacher = teacher_values(metrics)
+    estimated = str(after.get("fidelity") or "").startswith("estimated")  # an endpoint's top-k: KL a lower bound
     rows = []
     for key, label, higher in EVAL_ROWS:
+        if estimated and key == "kl_per_token":
+            label += " (top-k estimate)"
         b, a = before.get(key), after.get(key)
         delta = "" if b is None or a is None else f"{a - b:+.3f}"
         improved = None if not delta or higher is None or a == b else (a > b) == higher

@@ -30,7 +30,7 @@ class RunContext:
 
     def check_roles(self) -> None:
         """Every model-role check, before any compute: a recipe that cannot work fails in seconds."""
-        from sdk.train.kd import check_kd_teacher, check_local_teacher
+        from sdk.train.kd import check_kd_teacher
 
         models = self.recipe.models
         if models.student.provider == "pruned" and getattr(models, models.student.base).provider not in (
@@ -44,9 +44,11 @@ class RunContext:
             )
         if "kd" in self.recipe.train.stages:
             check_kd_teacher(self.recipe)
-        if "rlaif" in self.recipe.train.stages:
-            check_local_teacher(self.recipe, "rlaif")
-        self.referee_kinds()
+        if not self.white_box_teacher():  # an endpoint scores given answers only as vLLM does: ask its free /tokenize
+            if "rlaif" in self.recipe.train.stages:
+                self.teacher.check_loglik("train.stages 'rlaif' (its reward)", "use train.stages [sft] or [sft, dpo]")
+            if "likelihood" in self.referee_kinds():
+                self.teacher.check_loglik(f"adversarial.referee={self.recipe.adversarial.referee}")
         if self.recipe.forgetting.enabled:
             from sdk.evaluate.forgetting import check_task_names
 
@@ -146,19 +148,26 @@ class RunContext:
     def referee_kinds(self) -> list[str]:
         """Which referees run; the first one decides the hard/easy split."""
         mode = self.recipe.adversarial.referee
-        if mode == "auto":
+        if mode == "auto":  # an endpoint teacher scores answers only if it is a vLLM server: ask for that explicitly
             return ["likelihood"] if self.white_box_teacher() else ["llm"]
-        if mode in ("likelihood", "both") and not self.white_box_teacher():
-            raise ConfigError(
-                f"adversarial.referee={mode} needs a local (white-box) teacher; with an endpoint teacher use 'llm'"
-            )
         return {"likelihood": ["likelihood"], "llm": ["llm"], "both": ["llm", "likelihood"]}[mode]
+
+    def teacher_scores_answers(self) -> bool:
+        """Whether the teacher's log-likelihood of an answer can be had: a local teacher, or an endpoint that
+        check_roles found able to score (vLLM), because the likelihood referee uses it."""
+        return self.white_box_teacher() or "likelihood" in self.referee_kinds()
+
+    def teacher_loglik(self, conversations, answers, description: str) -> list:
+        """The teacher's mean per-token log-likelihood of each answer; an endpoint's calls are charged to its budget."""
+        if self.white_box_teacher():
+            return self.teacher.loglik(conversations, answers)
+        return self.teacher.loglik(conversations, answers, budget=self.budget("teacher"), description=description)
 
     def referee(self, kind: str):
         from sdk.adversarial.referee import LikelihoodReferee, LLMReferee
 
         if kind == "likelihood":
-            return LikelihoodReferee(self.pack, self.teacher, self.pack.spec.system_prompt)
+            return LikelihoodReferee(self.pack, self.teacher_loglik, self.pack.spec.system_prompt)
         return LLMReferee(self.pack, self.model("referee"), self.name("referee"), self.budget("referee"))
 
     def run_referees(self, pairs, verdicts_file: Path, description: str) -> dict[str, list[dict]]:

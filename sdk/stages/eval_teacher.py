@@ -1,5 +1,7 @@
 """Stage `eval_teacher`: the teacher answers the held-out set (journaled), with its degeneration figures
-and, for a local teacher, its perplexity on held-out corpus chunks. A local teacher's results are the
+and, for a local teacher, its perplexity on held-out corpus chunks. An endpoint teacher that the recipe
+distills from its top-k (kd from the store) is asked for its top-k here too, kept in eval/teacher_logits/,
+so the student's fidelity can be estimated (sdk/evaluate/fidelity.py, fidelity_from_topk). A local teacher's results are the
 same for the same weights, prompts and settings, so they are kept in the user cache and a later run
 reuses them (an endpoint teacher's replies are kept by the response cache)."""
 
@@ -16,7 +18,9 @@ from sdk.paths import cache_dir
 from sdk.progress import log
 from sdk.stages.base import Stage
 from sdk.stages.evaluate import eval_provenance
+from sdk.stages.label import LOGIT_KEYS, endpoint_topk
 from sdk.store import atomic_write_json
+from sdk.train.endpoint_topk import TOPK_FIELD
 
 
 def run(ctx):
@@ -36,8 +40,9 @@ def run(ctx):
         labeled, summary = answer_and_measure(ctx, rows)
         if cached is not None and all(r["status"] == "ok" for r in labeled):
             atomic_write_json(cached, {"rows": labeled, "summary": summary})
-    path = ctx.store.write_jsonl(out.teacher, labeled)
-    return [path, ctx.store.write_json(out.teacher_summary, {"summary": summary})]
+    stored = store_endpoint_topk(ctx, labeled)
+    path = ctx.store.write_jsonl(out.teacher, [{f: v for f, v in r.items() if f != TOPK_FIELD} for r in labeled])
+    return [path, ctx.store.write_json(out.teacher_summary, {"summary": summary})] + stored
 
 
 def answer_and_measure(ctx, rows: list[dict]) -> tuple[list[dict], dict]:
@@ -45,13 +50,17 @@ def answer_and_measure(ctx, rows: list[dict]) -> tuple[list[dict], dict]:
     from sdk.evaluate.degeneration import degeneration_summary
 
     journal = ctx.store.journal(ctx.layout.eval.teacher_journal)
+    topk = endpoint_topk(ctx)
+    model = ctx.teacher if topk is None else topk.model
     labeled = label_rows(
         rows,
-        Teacher(ctx.teacher, ctx.name("teacher"), ctx.pack.spec.system_prompt),
+        Teacher(model, ctx.name("teacher"), ctx.pack.spec.system_prompt, topk=topk and topk.encode),
         journal,
         "teacher answers eval set",
         ctx.budget("teacher"),
     )
+    if topk is not None:  # the store is filled from the rows before the journal that holds their top-k goes
+        store_endpoint_topk(ctx, labeled, topk)
     journal.remove()
     summary = degeneration_summary([r.get("answer") or "" for r in labeled if r["status"] == "ok"])
     if ctx.white_box_teacher():
@@ -62,6 +71,22 @@ def answer_and_measure(ctx, rows: list[dict]) -> tuple[list[dict], dict]:
             perplexity(ctx.teacher.model, ctx.teacher.tokenizer, heldout)["ppl"] if heldout else None
         )
     return labeled, summary
+
+
+def store_endpoint_topk(ctx, labeled: list[dict], topk=None) -> list[Path]:
+    """eval/teacher_logits/: an endpoint teacher's top-k on its held-out answers (resumable; rows kept are skipped)."""
+    from sdk.train.endpoint_topk import fill_from_endpoint
+    from sdk.train.logit_store import LogitStore
+
+    if not any(TOPK_FIELD in r for r in labeled):
+        return []
+    topk = topk or endpoint_topk(ctx)
+    folder = ctx.layout.eval.teacher_logits
+    with LogitStore(folder, topk.top_k) as store:
+        fill_from_endpoint(
+            store, topk.token_map.tokenizer, [r for r in labeled if r["status"] == "ok"], ctx.pack.spec.system_prompt
+        )
+    return [folder]
 
 
 def cache_file(ctx, rows: list[dict]) -> Optional[Path]:
@@ -89,6 +114,6 @@ STAGE = Stage(
     "eval_teacher",
     run,
     reads=("knowledge",),
-    writes=("eval.teacher", "eval.teacher_summary"),
-    recipe=("domain", "models.teacher", "data.max_eval", "eval.heldout_chunks"),
+    writes=("eval.teacher", "eval.teacher_summary", "eval.teacher_logits"),
+    recipe=("domain", "models.teacher", "data.max_eval", "eval.heldout_chunks", "train.stages", *LOGIT_KEYS),
 )

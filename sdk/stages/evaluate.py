@@ -40,8 +40,9 @@ def fidelity_start(ctx) -> Optional[float]:
 
 def fidelity_summary(ctx, student: LocalChatModel) -> dict:
     """KL(T||S), top-1 agreement and perplexity on the teacher's held-out answers, domain perplexity on
-    held-out chunks; None where the teacher is an endpoint (no logits)."""
-    from sdk.evaluate.fidelity import gap_closed
+    held-out chunks. For an endpoint teacher, estimated from its stored top-k where the eval_teacher stage asked
+    for it; otherwise unavailable (None), and the student's domain perplexity alone."""
+    from sdk.evaluate.fidelity import gap_closed, perplexity
 
     empty = {
         "kl_per_token": None,
@@ -51,7 +52,14 @@ def fidelity_summary(ctx, student: LocalChatModel) -> dict:
         "domain_ppl": None,
     }
     if not ctx.white_box_teacher():
-        return dict(empty, fidelity="unavailable: the teacher is an endpoint (no logits)")
+        heldout = ctx.heldout_texts()
+        domain_ppl = perplexity(student.model, student.tokenizer, heldout)["ppl"] if heldout else None
+        estimate = endpoint_fidelity(ctx, student)
+        if estimate is None:
+            why = "unavailable: the teacher is an endpoint that was not asked for its top-k log-probabilities"
+            return dict(empty, domain_ppl=domain_ppl, fidelity=why)
+        estimate["kl_gap_closed"] = gap_closed(fidelity_start(ctx), estimate["kl_per_token"])
+        return dict(estimate, domain_ppl=domain_ppl)
     if student.tokenizer.get_vocab() != ctx.teacher.tokenizer.get_vocab():
         return dict(empty, fidelity="unavailable: the teacher's tokenizer differs from the student's")
     from sdk.stages.student import heldout_inputs, measure
@@ -61,6 +69,31 @@ def fidelity_summary(ctx, student: LocalChatModel) -> dict:
     summary["kl_gap_closed"] = gap_closed(fidelity_start(ctx), summary["kl_per_token"])
     summary["domain_ppl"] = measured["domain_ppl"]
     return summary
+
+
+def endpoint_fidelity(ctx, student: LocalChatModel) -> Optional[dict]:
+    """Fidelity estimated from the endpoint teacher's top-k on its held-out answers (eval/teacher_logits), or None."""
+    from sdk.evaluate.fidelity import fidelity_from_topk
+    from sdk.train.logit_store import LogitStore, completion_tokens, prompt_digest
+    from sdk.train.sft import sft_dataset
+
+    folder = ctx.layout.eval.teacher_logits
+    if not (folder / "meta.json").is_file():
+        return None
+    store = LogitStore(folder)
+    rows = [r for r in ctx.store.read_jsonl(ctx.layout.eval.teacher) if r["status"] == "ok" and store.has(r["id"])]
+    items = []
+    for row, example in zip(rows, sft_dataset(rows, ctx.pack.spec.system_prompt) if rows else []):
+        full, prompt_len = completion_tokens(student.tokenizer, example["prompt"], example["completion"])
+        stored = store.get(row["id"])
+        if stored.prompt == prompt_digest(full[:prompt_len]) and list(stored.token_ids) == full[prompt_len:]:
+            items.append((full, prompt_len, stored))  # the student's tokenizer reads the stored tokens the same way
+    if not items:
+        return None
+    summary = fidelity_from_topk(student.model, items)
+    return dict(
+        summary, fidelity=f"estimated from the endpoint's top-{store.top_k} log-probabilities ({len(items)} answers)"
+    )
 
 
 def evaluate_student(ctx, student_path: Optional[Path], tag: str, files: EvalFiles) -> list[Path]:
@@ -89,9 +122,10 @@ def evaluate_student(ctx, student_path: Optional[Path], tag: str, files: EvalFil
         row["degeneration"] = degeneration(row["answer"])
     fidelity = fidelity_summary(ctx, student)
     del student
-    if isinstance(ctx.teacher, LocalChatModel):
+    if ctx.teacher_scores_answers():  # the likelihood referee asks the same of an endpoint: its cache answers that
         convs = answer_conversations(system, [r["instruction"] for r in out])
-        for row, ll in zip(out, ctx.teacher.loglik(convs, [r["answer"] for r in out])):
+        lls = ctx.teacher_loglik(convs, [r["answer"] for r in out], f"teacher scores eval answers ({tag})")
+        for row, ll in zip(out, lls):
             row["teacher_loglik"] = ll
     teacher = {r["id"]: r for r in ctx.store.read_jsonl(ctx.layout.eval.teacher)}
     pairs = [

@@ -85,7 +85,7 @@ def endpoint_topk(ctx) -> Optional[EndpointTopK]:
         return None
     from sdk.train.kd import student_tokenizer
 
-    tokenizer = student_tokenizer(ctx.recipe, ctx.initial_student())
+    tokenizer = student_tokenizer(ctx.recipe)  # the spec's: the student stage keeps it (eval_teacher runs before)
     top_k = ctx.recipe.train.kd.top_k
     model = copy.copy(ctx.teacher)  # the same client, cache and limits; only the request differs
     model.settings = model.settings.model_copy(update={"top_logprobs": top_k})

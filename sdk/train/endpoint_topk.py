@@ -198,22 +198,9 @@ def check_vocabulary(spec, tokenizer) -> Optional[bool]:
     """Ask a vLLM server (/tokenize, free) whether its tokenizer is the student's. True when it is; None when the
     server has no such route (the first reply is checked instead); a ConfigError, before anything is paid for,
     when it is not."""
-    import httpx
+    from sdk.models.openai_backend import OpenAIChatModel
 
-    root = spec.base_url.rstrip("/")
-    root = root[: -len("/v1")] if root.endswith("/v1") else root
-    headers = {}
-    if spec.api_key_env:
-        import os
-
-        key = os.environ.get(spec.api_key_env)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-    body = {"model": spec.model, "prompt": VOCAB_PROBE, "add_special_tokens": False}
-    try:
-        reply = httpx.post(f"{root}/tokenize", json=body, headers=headers, timeout=spec.timeout_s)
-        theirs = reply.json().get("tokens") if reply.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, AttributeError):
-        theirs = None
+    theirs = OpenAIChatModel(spec, spec.generation).tokenize({"prompt": VOCAB_PROBE, "add_special_tokens": False})
     if not isinstance(theirs, list):
         return None
     ours = tokenizer(VOCAB_PROBE, add_special_tokens=False)["input_ids"]

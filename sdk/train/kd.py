@@ -22,15 +22,13 @@ from sdk.progress import log
 from sdk.train.common import StageContext, full_weights, training_args_kwargs
 
 
-def check_local_teacher(recipe: Recipe, stage: str) -> None:
+def check_local_teacher(recipe: Recipe) -> None:
+    """Online KD runs the teacher beside the student, so it needs the teacher's weights."""
     if recipe.models.teacher.provider == "openai":
-        why = {
-            "kd": "online KD (kd.source online) runs the teacher beside the student; an endpoint teacher is distilled "
-            "white-box from its top-k log-probabilities instead (kd.source store or auto, with beta 0, lmbda 0)",
-            "rlaif": "its reward is the likelihood referee, which needs the teacher's log-probabilities (an LLM-referee reward is future work)",
-        }[stage]
         raise DistilleryError(
-            f"train.stages has '{stage}' but models.teacher is an openai endpoint: {why}; use stages [sft] or [sft, dpo], or a local teacher"
+            "train.stages has 'kd' with kd.source online but models.teacher is an openai endpoint: online KD runs the "
+            "teacher beside the student; an endpoint teacher is distilled white-box from its top-k log-probabilities "
+            "instead (kd.source store or auto, with beta 0, lmbda 0); or use stages [sft] or [sft, dpo], or a local teacher"
         )
 
 
@@ -73,7 +71,7 @@ def check_kd_teacher(recipe: Recipe) -> bool:
     log-probabilities (the label stage stores them), which trains forward KL on its own answers only."""
     kd = recipe.train.kd
     if recipe.models.teacher.provider != "openai" or kd.source == "online":
-        check_local_teacher(recipe, "kd")
+        check_local_teacher(recipe)
         return True
     if kd.beta != 0 or kd.lmbda != 0 or kd.temperature != 1.0:
         raise DistilleryError(
@@ -165,7 +163,7 @@ def online_kd(model, tokenizer, ctx: StageContext):
     from sdk.models import load_local
 
     recipe, kd = ctx.recipe, ctx.settings.kd
-    check_local_teacher(recipe, "kd")
+    check_local_teacher(recipe)
     with full_weights():
         teacher, t_tok = load_local(recipe.models.teacher, recipe.models)
     check_same_tokenizer(t_tok, tokenizer)

@@ -16,6 +16,11 @@ steps (bench/objectives.py saw the student collapse to empty answers without it)
 score shrinks linearly towards the minimum, so a short answer has to be very good to beat a full one.
 GRPO's advantage is r minus the mean reward of the completions sampled for the same prompt, divided by
 their standard deviation, so only differences inside a group matter.
+
+The teacher is a local model loaded beside the student, or a vLLM endpoint that scores each completion
+through /v1/completions with echo (sdk/models/openai_backend.py, `loglik`; its answers go through the
+response cache). A completion the endpoint cannot score after its retries stops the stage with the reason:
+a reward of 0 or the minimum would push the student away from an answer nobody judged.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ import math
 from typing import Optional
 
 from sdk.adversarial.referee import SCALE_MIN, likelihood_score
+from sdk.errors import DistilleryError
 from sdk.train.common import StageContext, Verifier, full_weights, training_args_kwargs
-from sdk.train.kd import check_local_teacher
 
 
 def verifier_penalty(findings: list[dict], penalty_warning: float, penalty_error: float) -> float:
@@ -59,8 +64,10 @@ class TeacherReward:
         penalty_warning: float = 1.0,
         penalty_error: float = 3.0,
         min_tokens: int = 0,
+        tokenizer=None,
     ):
-        self.teacher = teacher  # a LocalChatModel
+        self.teacher = teacher  # a LocalChatModel, or an OpenAIChatModel on a vLLM server
+        self.tokenizer = tokenizer if tokenizer is not None else teacher.tokenizer  # counts |a| for min_tokens
         self.min_tokens = min_tokens
         self.verifier = verifier
         self.penalty_warning = penalty_warning
@@ -70,11 +77,14 @@ class TeacherReward:
     def scores(self, prompts: list, texts: list[str]) -> list[float]:
         conversations = [p if isinstance(p, list) else [{"role": "user", "content": p}] for p in prompts]
         logliks = self.teacher.loglik(conversations, texts)
+        unscored = [i for i, (ll, t) in enumerate(zip(logliks, texts)) if ll is None and t.strip()]
+        if unscored:
+            raise DistilleryError(
+                f"rlaif: the teacher could not score {len(unscored)} of {len(texts)} completions (see the log for the "
+                "reason); the stage stops rather than reward answers nobody judged. Resume when the teacher answers"
+            )
         lengths = (
-            [
-                len(ids)
-                for ids in self.teacher.tokenizer([t.strip() for t in texts], add_special_tokens=False)["input_ids"]
-            ]
+            [len(ids) for ids in self.tokenizer([t.strip() for t in texts], add_special_tokens=False)["input_ids"]]
             if self.min_tokens
             else [0] * len(texts)
         )
@@ -111,18 +121,20 @@ def rlaif_dataset(rows: list[dict], system_prompt: str):
     )
 
 
-def load_reward(ctx: StageContext) -> TeacherReward:
-    from sdk.models import describe, load_local
+def load_reward(ctx: StageContext, tokenizer) -> TeacherReward:
+    from sdk.models import describe, load_chat_model, load_local
     from sdk.models.local import LocalChatModel
 
     recipe = ctx.recipe
-    check_local_teacher(recipe, "rlaif")
+    rl = ctx.settings.rlaif
+    if recipe.models.teacher.provider == "openai":  # RunContext.check_roles probed it (/tokenize) before the run
+        teacher = load_chat_model(recipe.models.teacher)
+        return TeacherReward(teacher, ctx.verifier, rl.penalty_warning, rl.penalty_error, rl.min_tokens, tokenizer)
     with full_weights():  # the reward model runs outside DeepSpeed, so it must not be partitioned
         model, tok = load_local(recipe.models.teacher, recipe.models)
     teacher = LocalChatModel(
         model, tok, describe(recipe.models.teacher, recipe.models), recipe.models.teacher.generation
     )
-    rl = ctx.settings.rlaif
     return TeacherReward(teacher, ctx.verifier, rl.penalty_warning, rl.penalty_error, rl.min_tokens)
 
 
@@ -130,7 +142,7 @@ def rlaif_stage(model, tokenizer, ctx: StageContext):
     from trl import GRPOConfig, GRPOTrainer
 
     rl = ctx.settings.rlaif
-    reward = load_reward(ctx)
+    reward = load_reward(ctx, tokenizer)
     kwargs = training_args_kwargs(ctx.settings, ctx.seed, rl.learning_rate)
     # every prompt's group of num_generations completions must fit in one generation batch
     group = rl.num_generations

@@ -37,7 +37,7 @@ from sdk.train.common import (
     save_stage_output,
 )
 from sdk.train.dpo import dpo_stage
-from sdk.train.kd import check_local_teacher, kd_preflight, kd_stage
+from sdk.train.kd import kd_preflight, kd_stage
 from sdk.train.rlaif import rlaif_stage
 from sdk.train.sft import sft_stage
 
@@ -61,8 +61,6 @@ def preflight(request: TrainRequest) -> None:
         raise DistilleryError(f"nothing to train on: {request.data} does not exist")
     if "kd" in stages:
         kd_preflight(recipe, request.init)
-    if "rlaif" in stages:
-        check_local_teacher(recipe, "rlaif")
     if "dpo" in stages:
         from sdk.train.dpo import load_pairs
 
