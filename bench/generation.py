@@ -2,6 +2,7 @@
 
     python bench/generation.py                        # 16 prompts, 24 new tokens, batch 8, 2 rounds
     python bench/generation.py --prompts 32 --batch-size 16 --max-new-tokens 48
+    python bench/generation.py --options-only         # what transformers 5 offers on a CPU, against the SDK's path
 
 Three methods on the same prompts, greedy: one prompt at a time; batches in input order; batches of
 length-sorted prompts (what LocalChatModel does). Tokens counted are the new tokens each answer
@@ -82,6 +83,11 @@ def main() -> None:
         help="each round runs every method once, in a rotated order, so load changes on a shared machine hit all alike",
     )
     parser.add_argument("--precision-only", action="store_true", help="only fp32 against bf16 autocast")
+    parser.add_argument(
+        "--options-only",
+        action="store_true",
+        help="only transformers' options (static cache, eager attention, torch.compile, continuous batching)",
+    )
     args = parser.parse_args()
 
     import os
@@ -97,6 +103,9 @@ def main() -> None:
     chat.generate(convs[:2], settings=single)  # warm-up
     if args.precision_only:
         precision(chat, convs, batched, args.rounds)
+        return
+    if args.options_only:
+        options(chat, convs, batched, args.rounds)
         return
 
     methods = {
@@ -154,6 +163,101 @@ def precision(chat, convs, settings, rounds: int) -> None:
         f"bf16 autocast vs fp32: {rate['bf16 autocast'] / rate['fp32']:.2f}x the tokens per second; "
         f"greedy answers identical {same}/{len(convs)}, mean ROUGE-L between them {overlap:.3f}"
     )
+
+
+def options(chat, convs, settings, rounds: int) -> None:
+    """transformers 5's generation options on a CPU, each against the SDK's path (LocalChatModel.generate: dynamic
+    KV cache, SDPA attention, eager PyTorch, length-sorted left-padded batches), greedy, alternating per round.
+    Each option runs the same batches; torch.compile's first call (the compilation) is timed apart."""
+    import torch
+    from transformers import GenerationConfig
+
+    from sdk.models.local import sampling_kwargs
+
+    model, tok = chat.model, chat.tokenizer
+    texts = [chat.render(c) for c in convs]
+    order = sorted(range(len(texts)), key=lambda i: -len(tok(texts[i], add_special_tokens=False)["input_ids"]))
+    batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+    greedy = sampling_kwargs(0.0, 1.0, settings.repetition_penalty, tok.pad_token_id)
+
+    def batched(**extra) -> list[str]:
+        out: list = [None] * len(texts)
+        tok.padding_side = "left"
+        for batch in batches:
+            enc = tok([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.inference_mode():
+                ids = model.generate(**enc, max_new_tokens=settings.max_new_tokens, **greedy, **extra)
+            for i, text in zip(batch, tok.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)):
+                out[i] = text.strip()
+        return out
+
+    def eager_attention() -> list[str]:
+        model.set_attn_implementation("eager")
+        try:
+            return batched()
+        finally:
+            model.set_attn_implementation("sdpa")
+
+    def continuous() -> list[str]:
+        config = GenerationConfig(max_new_tokens=settings.max_new_tokens, **greedy)
+        inputs = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        results = model.generate_batch(inputs=inputs, generation_config=config, progress_bar=False)
+        by_request = sorted(results.values(), key=lambda r: int(str(r.request_id).rsplit("_", 1)[-1]))
+        return [tok.decode(r.generated_tokens, skip_special_tokens=True).strip() for r in by_request]
+
+    compiled = {"first_call_s": None}
+
+    def compiled_static() -> list[str]:
+        if compiled["first_call_s"] is None:
+            model.forward = torch.compile(model.forward, dynamic=False)
+            start = time.perf_counter()
+            batched(cache_implementation="static")
+            compiled["first_call_s"] = time.perf_counter() - start
+        return batched(cache_implementation="static")
+
+    methods = {
+        "sdk (dynamic, sdpa)": lambda: chat.generate(convs, settings=settings),
+        "static cache": lambda: batched(cache_implementation="static"),
+        "eager attention": eager_attention,
+        "continuous batching": continuous,
+        "static + torch.compile": compiled_static,  # last: it replaces model.forward for good
+    }
+    seconds, tokens, outputs, failed = dict.fromkeys(methods, 0.0), dict.fromkeys(methods, 0), {}, {}
+    names = list(methods)
+    for r in range(rounds):
+        for name in names[:-1][r % 4 :] + names[:-1][: r % 4]:
+            if name in failed:
+                continue
+            start = time.perf_counter()
+            try:
+                outputs[name] = methods[name]()
+            except Exception as exc:  # an option this CPU build cannot run is reported, not fatal
+                failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                continue
+            seconds[name] += time.perf_counter() - start
+            tokens[name] += new_tokens(chat, outputs[name])
+    for _ in range(rounds):  # torch.compile last, every round after the compilation
+        name = names[-1]
+        try:
+            start = time.perf_counter()
+            outputs[name] = methods[name]()
+            seconds[name] += time.perf_counter() - start - (compiled["first_call_s"] if not tokens[name] else 0.0)
+            tokens[name] += new_tokens(chat, outputs[name])
+        except Exception as exc:
+            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+            break
+    base = tokens[names[0]] / seconds[names[0]]
+    print(f"{len(convs)} prompts, {settings.max_new_tokens} new tokens, batch {settings.batch_size}, {rounds} rounds")
+    print(f"  {'method':<26} {'tokens/s':>9} {'vs sdk':>7} {'identical':>10}")
+    for name in names:
+        if name in failed:
+            print(f"  {name:<26} failed: {failed[name]}")
+            continue
+        rate = tokens[name] / seconds[name] if seconds[name] > 0 else float("nan")
+        same = sum(a == b for a, b in zip(outputs[name], outputs[names[0]]))
+        print(f"  {name:<26} {rate:9.1f} {rate / base:6.2f}x {same:>5}/{len(convs)}")
+    if compiled["first_call_s"] is not None:
+        print(f"  torch.compile's first call (compilation included): {compiled['first_call_s']:.1f} s")
 
 
 if __name__ == "__main__":
