@@ -73,10 +73,18 @@ def _quiet():
     saved = {name: logging.getLogger(name).level for name in names}
     for name in names:
         logging.getLogger(name).setLevel(logging.ERROR)
+    import lm_eval.evaluator
+
+    # simple_evaluate records the git commit of the user's working directory by running `git describe`, whose
+    # "fatal: not a git repository" goes to the terminal's stderr (a child process, past redirect_stderr); the
+    # run records its own provenance, so that field is left empty instead.
+    git_hash = lm_eval.evaluator.get_git_commit_hash
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
+        lm_eval.evaluator.get_git_commit_hash = git_hash
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
 
