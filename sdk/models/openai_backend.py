@@ -19,8 +19,11 @@ one /v1/completions call per answer sends those token ids with `echo: true, logp
 so the reply carries the log-probability of every prompt token (`choices[0].logprobs.token_logprobs`, or
 vLLM's `prompt_logprobs`). Those calls go through the same slots, limits, budget, retries and response
 cache as chat completions. A server without /tokenize (OpenAI, most hosted APIs) cannot do this and is
-refused before anything is paid for. The key is read from the environment variable named by `api_key_env` when a call starts, and
-is scrubbed from every message this module produces.
+refused before anything is paid for. A /tokenize call that fails is not retried: that answer is left
+unscored, with the reason.
+
+The key is read from the environment variable named by `api_key_env` when a call starts, and is
+scrubbed from every message this module produces.
 """
 
 from __future__ import annotations
