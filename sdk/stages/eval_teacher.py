@@ -1,9 +1,11 @@
 """Stage `eval_teacher`: the teacher answers the held-out set (journaled), with its degeneration figures
-and, for a local teacher, its perplexity on held-out corpus chunks. An endpoint teacher that the recipe
-distills from its top-k (kd from the store) is asked for its top-k here too, kept in eval/teacher_logits/,
-so the student's fidelity can be estimated (sdk/evaluate/fidelity.py, fidelity_from_topk). A local teacher's results are the
+and, for a local teacher, its perplexity on held-out corpus chunks. A local teacher's results are the
 same for the same weights, prompts and settings, so they are kept in the user cache and a later run
-reuses them (an endpoint teacher's replies are kept by the response cache)."""
+reuses them (an endpoint teacher's replies are kept by the response cache).
+
+An endpoint teacher that the recipe distills from its top-k (kd from the store) is asked for its top-k
+here too, kept in eval/teacher_logits/, so the student's fidelity can be estimated
+(sdk/evaluate/fidelity.py, fidelity_from_topk)."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def run(ctx):
         labeled, summary = answer_and_measure(ctx, rows)
         if cached is not None and all(r["status"] == "ok" for r in labeled):
             atomic_write_json(cached, {"rows": labeled, "summary": summary})
-    stored = store_endpoint_topk(ctx, labeled)
+    stored = [out.teacher_logits] if (out.teacher_logits / "meta.json").is_file() else []  # answer_and_measure's
     path = ctx.store.write_jsonl(out.teacher, [{f: v for f, v in r.items() if f != TOPK_FIELD} for r in labeled])
     return [path, ctx.store.write_json(out.teacher_summary, {"summary": summary})] + stored
 
@@ -73,20 +75,14 @@ def answer_and_measure(ctx, rows: list[dict]) -> tuple[list[dict], dict]:
     return labeled, summary
 
 
-def store_endpoint_topk(ctx, labeled: list[dict], topk=None) -> list[Path]:
+def store_endpoint_topk(ctx, labeled: list[dict], topk) -> None:
     """eval/teacher_logits/: an endpoint teacher's top-k on its held-out answers (resumable; rows kept are skipped)."""
     from sdk.train.endpoint_topk import fill_from_endpoint
     from sdk.train.logit_store import LogitStore
 
-    if not any(TOPK_FIELD in r for r in labeled):
-        return []
-    topk = topk or endpoint_topk(ctx)
-    folder = ctx.layout.eval.teacher_logits
-    with LogitStore(folder, topk.top_k) as store:
-        fill_from_endpoint(
-            store, topk.token_map.tokenizer, [r for r in labeled if r["status"] == "ok"], ctx.pack.spec.system_prompt
-        )
-    return [folder]
+    with LogitStore(ctx.layout.eval.teacher_logits, topk.top_k) as store:
+        ok = [r for r in labeled if r["status"] == "ok"]
+        fill_from_endpoint(store, topk.token_map.tokenizer, ok, ctx.pack.spec.system_prompt)
 
 
 def cache_file(ctx, rows: list[dict]) -> Optional[Path]:
