@@ -167,23 +167,25 @@ def precision(chat, convs, settings, rounds: int) -> None:
 
 def options(chat, convs, settings, rounds: int) -> None:
     """transformers 5's generation options on a CPU, each against the SDK's path (LocalChatModel.generate: dynamic
-    KV cache, SDPA attention, eager PyTorch, length-sorted left-padded batches), greedy, alternating per round.
-    Each option runs the same batches; torch.compile's first call (the compilation) is timed apart."""
+    KV cache, SDPA attention, eager PyTorch, length-sorted left-padded batches), greedy. Every option runs the same
+    batches, all of them in one rotation per round, so a change of load hits each alike. torch.compile is
+    compiled (and warmed on these batches) before the rounds, and that time is printed apart; then it is timed
+    again on prompts it has not seen, with the SDK's path beside it, because every new input shape recompiles."""
     import torch
     from transformers import GenerationConfig
 
     from sdk.models.local import sampling_kwargs
 
     model, tok = chat.model, chat.tokenizer
-    texts = [chat.render(c) for c in convs]
-    order = sorted(range(len(texts)), key=lambda i: -len(tok(texts[i], add_special_tokens=False)["input_ids"]))
-    batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
     greedy = sampling_kwargs(0.0, 1.0, settings.repetition_penalty, tok.pad_token_id)
 
-    def batched(**extra) -> list[str]:
+    def batched(conversations, **extra) -> list[str]:
+        texts = [chat.render(c) for c in conversations]
+        order = sorted(range(len(texts)), key=lambda i: -len(tok(texts[i], add_special_tokens=False)["input_ids"]))
         out: list = [None] * len(texts)
         tok.padding_side = "left"
-        for batch in batches:
+        for start in range(0, len(order), settings.batch_size):
+            batch = order[start : start + settings.batch_size]
             enc = tok([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.inference_mode():
                 ids = model.generate(**enc, max_new_tokens=settings.max_new_tokens, **greedy, **extra)
@@ -194,38 +196,42 @@ def options(chat, convs, settings, rounds: int) -> None:
     def eager_attention() -> list[str]:
         model.set_attn_implementation("eager")
         try:
-            return batched()
+            return batched(convs)
         finally:
             model.set_attn_implementation("sdpa")
 
     def continuous() -> list[str]:
         config = GenerationConfig(max_new_tokens=settings.max_new_tokens, **greedy)
-        inputs = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        inputs = [tok(chat.render(c), add_special_tokens=False)["input_ids"] for c in convs]
         results = model.generate_batch(inputs=inputs, generation_config=config, progress_bar=False)
         by_request = sorted(results.values(), key=lambda r: int(str(r.request_id).rsplit("_", 1)[-1]))
         return [tok.decode(r.generated_tokens, skip_special_tokens=True).strip() for r in by_request]
 
-    compiled = {"first_call_s": None}
+    eager_forward = model.forward
+    compiled_forward = torch.compile(eager_forward, dynamic=False)
 
-    def compiled_static() -> list[str]:
-        if compiled["first_call_s"] is None:
-            model.forward = torch.compile(model.forward, dynamic=False)
-            start = time.perf_counter()
-            batched(cache_implementation="static")
-            compiled["first_call_s"] = time.perf_counter() - start
-        return batched(cache_implementation="static")
+    def with_compiled(conversations) -> list[str]:
+        model.forward = compiled_forward
+        try:
+            return batched(conversations, cache_implementation="static")
+        finally:
+            model.forward = eager_forward
+
+    start = time.perf_counter()
+    with_compiled(convs)  # compiles a graph per batch shape of these prompts
+    compile_s = time.perf_counter() - start
 
     methods = {
         "sdk (dynamic, sdpa)": lambda: chat.generate(convs, settings=settings),
-        "static cache": lambda: batched(cache_implementation="static"),
+        "static cache": lambda: batched(convs, cache_implementation="static"),
         "eager attention": eager_attention,
         "continuous batching": continuous,
-        "static + torch.compile": compiled_static,  # last: it replaces model.forward for good
+        "static + torch.compile": lambda: with_compiled(convs),
     }
     seconds, tokens, outputs, failed = dict.fromkeys(methods, 0.0), dict.fromkeys(methods, 0), {}, {}
     names = list(methods)
     for r in range(rounds):
-        for name in names[:-1][r % 4 :] + names[:-1][: r % 4]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             if name in failed:
                 continue
             start = time.perf_counter()
@@ -236,16 +242,6 @@ def options(chat, convs, settings, rounds: int) -> None:
                 continue
             seconds[name] += time.perf_counter() - start
             tokens[name] += new_tokens(chat, outputs[name])
-    for _ in range(rounds):  # torch.compile last, every round after the compilation
-        name = names[-1]
-        try:
-            start = time.perf_counter()
-            outputs[name] = methods[name]()
-            seconds[name] += time.perf_counter() - start - (compiled["first_call_s"] if not tokens[name] else 0.0)
-            tokens[name] += new_tokens(chat, outputs[name])
-        except Exception as exc:
-            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-            break
     base = tokens[names[0]] / seconds[names[0]]
     print(f"{len(convs)} prompts, {settings.max_new_tokens} new tokens, batch {settings.batch_size}, {rounds} rounds")
     print(f"  {'method':<26} {'tokens/s':>9} {'vs sdk':>7} {'identical':>10}")
@@ -253,11 +249,26 @@ def options(chat, convs, settings, rounds: int) -> None:
         if name in failed:
             print(f"  {name:<26} failed: {failed[name]}")
             continue
-        rate = tokens[name] / seconds[name] if seconds[name] > 0 else float("nan")
+        rate = tokens[name] / seconds[name]
         same = sum(a == b for a, b in zip(outputs[name], outputs[names[0]]))
         print(f"  {name:<26} {rate:9.1f} {rate / base:6.2f}x {same:>5}/{len(convs)}")
-    if compiled["first_call_s"] is not None:
-        print(f"  torch.compile's first call (compilation included): {compiled['first_call_s']:.1f} s")
+    print(f"  torch.compile's compilation on these prompts' batch shapes: {compile_s:.1f} s")
+
+    unseen = prompts(len(convs), seed=1)  # other prompts: other lengths, so other batch shapes
+    timed = {}
+    for name, run in (
+        ("sdk (dynamic, sdpa)", lambda: chat.generate(unseen, settings=settings)),
+        ("static + torch.compile", lambda: with_compiled(unseen)),
+    ):
+        start = time.perf_counter()
+        answers = run()
+        timed[name] = (new_tokens(chat, answers) / (time.perf_counter() - start), answers)
+    ratio = timed["static + torch.compile"][0] / timed["sdk (dynamic, sdpa)"][0]
+    same = sum(a == b for a, b in zip(timed["static + torch.compile"][1], timed["sdk (dynamic, sdpa)"][1]))
+    print(
+        f"  on {len(unseen)} unseen prompts (recompiling for new shapes): torch.compile {ratio:.2f}x the SDK's "
+        f"tokens per second, identical {same}/{len(unseen)}"
+    )
 
 
 if __name__ == "__main__":
