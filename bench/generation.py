@@ -17,6 +17,25 @@ alternated, so the load hits both), `--precision-only --prompts 16 --max-new-tok
     bf16 autocast                 2.5 tokens/s  (612.7 s)
     bf16 autocast vs fp32: 0.45x the tokens per second; greedy answers identical 4/16, mean ROUGE-L between them 0.741
 
+Measured 2026-11-29 on the same CPU, idle, `--options-only --prompts 8 --max-new-tokens 24 --rounds 2
+--batch-size 4` (transformers 5.24, torch 2.13 CPU):
+
+    method                      tokens/s  vs sdk  identical
+    sdk (dynamic, sdpa)             55.3   1.00x     8/8
+    static cache                    53.5   0.97x     8/8
+    eager attention                 54.0   0.98x     8/8
+    continuous batching             14.7   0.26x     0/8
+    static + torch.compile          51.8   0.94x     8/8
+    torch.compile's compilation on these prompts' batch shapes: 15.6 s
+    on 8 unseen prompts (recompiling for new shapes): torch.compile 0.13x the SDK's tokens per second, identical 8/8
+
+Nothing beats the SDK's path, so nothing was adopted. A static cache, eager attention and torch.compile give
+identical greedy answers at 0.94-0.98x, and torch.compile recompiles for every new batch shape (0.13x on
+prompts it has not seen; the pipeline never sees one shape twice). Continuous batching (`generate_batch`)
+drops the repetition penalty ("RepetitionPenaltyLogitsProcessor isn't supported by CB"), so none of its
+answers match, and it ran at 0.26x. An earlier run of this part under heavy load showed torch.compile at
+5x: it ran after the load had gone, which is why every option now runs in one rotation per round.
+
 So generation.bf16 `auto` keeps a CPU in fp32 (a training step, by contrast, ran 2.3x faster in bf16:
 bench/bf16_step.py). A 135M model decodes with small matrix products, where autocast's casts on every
 token cost more than the bf16 kernels save.
