@@ -17,6 +17,10 @@ alternated, so the load hits both), `--precision-only --prompts 16 --max-new-tok
     bf16 autocast                 2.5 tokens/s  (612.7 s)
     bf16 autocast vs fp32: 0.45x the tokens per second; greedy answers identical 4/16, mean ROUGE-L between them 0.741
 
+So generation.bf16 `auto` keeps a CPU in fp32 (a training step, by contrast, ran 2.3x faster in bf16:
+bench/bf16_step.py). A 135M model decodes with small matrix products, where autocast's casts on every
+token cost more than the bf16 kernels save.
+
 Measured 2026-11-29 on the same CPU, idle, `--options-only --prompts 8 --max-new-tokens 24 --rounds 2
 --batch-size 4` (transformers 5.24, torch 2.13 CPU):
 
@@ -35,10 +39,6 @@ prompts it has not seen; the pipeline never sees one shape twice). Continuous ba
 drops the repetition penalty ("RepetitionPenaltyLogitsProcessor isn't supported by CB"), so none of its
 answers match, and it ran at 0.26x. An earlier run of this part under heavy load showed torch.compile at
 5x: it ran after the load had gone, which is why every option now runs in one rotation per round.
-
-So generation.bf16 `auto` keeps a CPU in fp32 (a training step, by contrast, ran 2.3x faster in bf16:
-bench/bf16_step.py). A 135M model decodes with small matrix products, where autocast's casts on every
-token cost more than the bf16 kernels save.
 """
 
 from __future__ import annotations
