@@ -130,7 +130,7 @@ def fidelity_from_topk(student, items: Sequence[tuple[list[int], int, object]]) 
     """
     import torch
 
-    from sdk.train.kd_store import sparse_forward_kl
+    from sdk.train.kd_store import sparse_forward_kl, token_nll
 
     device = next(student.parameters()).device
     sums = {"tokens": 0, "kl": 0.0, "agree": 0.0, "student_nll": 0.0, "nll_tokens": 0}
@@ -145,7 +145,7 @@ def fidelity_from_topk(student, items: Sequence[tuple[list[int], int, object]]) 
         topk_lp = torch.from_numpy(row.topk_logprobs[:n].astype("float32")).to(device)
         tail = torch.from_numpy(row.tail_logprob[:n].astype("float32")).to(device)
         targets = torch.from_numpy(row.token_ids[:n].astype("int64")).to(device)
-        nll = torch.logsumexp(logits, -1) - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        nll = token_nll(logits, targets)
         # a position the server gave no top-k for is stored one-hot (log-prob 0, nothing in the tail)
         scored = ~((topk_lp[:, 0] == 0) & torch.isinf(tail))
         kl = sparse_forward_kl(logits, topk_ids, topk_lp, tail)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from sdk.evaluate.degeneration import degeneration
-from sdk.report.summary import ITERATION_COLUMNS, eval_rows, fmt, iteration_rows, rejections_line
+from sdk.report.summary import ITERATION_COLUMNS, eval_rows, fidelity_estimate, fmt, iteration_rows, rejections_line
 from sdk.store import RunLayout, atomic_write_text, read_jsonl
 
 N_SAMPLES = 5
@@ -35,12 +35,6 @@ pre{white-space:pre-wrap;word-wrap:break-word;background:#f8f8f8;padding:.6em;bo
 pre.scroll{max-height:28em;overflow:auto} img{max-width:100%}
 .hard{color:#cf222e} .easy{color:#1a7f37}
 """
-
-
-def estimate_note(summary: dict) -> str:
-    """' (estimated from ...)' when the fidelity figures come from an endpoint's top-k, else ''."""
-    how = str(summary.get("fidelity") or "")
-    return f" ({how})" if how.startswith("estimated") else ""
 
 
 def esc(value) -> str:
@@ -292,9 +286,10 @@ def section_headline(metrics: dict, status: str) -> str:
         )
     before, after = metrics["eval"]["before"], metrics["eval"]["after"]
     if after.get("kl_per_token") is not None:
+        estimate = fidelity_estimate(after)
         badges.insert(
             1,
-            f"<span class='badge info'>KL to teacher {fmt(before.get('kl_per_token'), 2)} → {fmt(after['kl_per_token'], 2)} nats/token · top-1 agreement {fmt(before.get('top1_agreement'), 2)} → {fmt(after.get('top1_agreement'), 2)}{estimate_note(after)}</span>",
+            f"<span class='badge info'>KL to teacher {fmt(before.get('kl_per_token'), 2)} → {fmt(after['kl_per_token'], 2)} nats/token · top-1 agreement {fmt(before.get('top1_agreement'), 2)} → {fmt(after.get('top1_agreement'), 2)}{f' ({estimate})' if estimate else ''}</span>",
         )
     if after.get("looping_answers") or after.get("empty_answers"):
         badges.append(

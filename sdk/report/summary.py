@@ -29,6 +29,12 @@ def fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def fidelity_estimate(summary: dict) -> str:
+    """How the fidelity figures were estimated (from an endpoint's top-k: KL a lower bound), or '' when measured."""
+    how = str(summary.get("fidelity") or "")
+    return how if how.startswith("estimated") else ""
+
+
 def teacher_values(metrics: dict) -> dict:
     """The teacher's own figures for the rows where it has one (KL 0 and agreement 1 by definition)."""
     teacher = metrics["eval"].get("teacher") or {}
@@ -51,7 +57,7 @@ def eval_rows(metrics: dict) -> list[tuple[str, str, str, str, bool | None, str]
     """(label, before, after, change, improved, teacher) per metric; improved is None where it does not apply."""
     before, after = metrics["eval"]["before"], metrics["eval"]["after"]
     teacher = teacher_values(metrics)
-    estimated = str(after.get("fidelity") or "").startswith("estimated")  # an endpoint's top-k: KL a lower bound
+    estimated = bool(fidelity_estimate(after))
     rows = []
     for key, label, higher in EVAL_ROWS:
         if estimated and key == "kl_per_token":

@@ -128,14 +128,13 @@ def load_reward(ctx: StageContext, tokenizer) -> TeacherReward:
     recipe = ctx.recipe
     rl = ctx.settings.rlaif
     if recipe.models.teacher.provider == "openai":  # RunContext.check_roles probed it (/tokenize) before the run
-        teacher = load_chat_model(recipe.models.teacher)
-        return TeacherReward(teacher, ctx.verifier, rl.penalty_warning, rl.penalty_error, rl.min_tokens, tokenizer)
-    with full_weights():  # the reward model runs outside DeepSpeed, so it must not be partitioned
-        model, tok = load_local(recipe.models.teacher, recipe.models)
-    teacher = LocalChatModel(
-        model, tok, describe(recipe.models.teacher, recipe.models), recipe.models.teacher.generation
-    )
-    return TeacherReward(teacher, ctx.verifier, rl.penalty_warning, rl.penalty_error, rl.min_tokens)
+        teacher, length_tokenizer = load_chat_model(recipe.models.teacher), tokenizer  # it has no local tokenizer
+    else:
+        with full_weights():  # the reward model runs outside DeepSpeed, so it must not be partitioned
+            model, tok = load_local(recipe.models.teacher, recipe.models)
+        spec = recipe.models.teacher
+        teacher, length_tokenizer = LocalChatModel(model, tok, describe(spec, recipe.models), spec.generation), None
+    return TeacherReward(teacher, ctx.verifier, rl.penalty_warning, rl.penalty_error, rl.min_tokens, length_tokenizer)
 
 
 def rlaif_stage(model, tokenizer, ctx: StageContext):
