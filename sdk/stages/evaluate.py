@@ -122,11 +122,6 @@ def evaluate_student(ctx, student_path: Optional[Path], tag: str, files: EvalFil
         row["degeneration"] = degeneration(row["answer"])
     fidelity = fidelity_summary(ctx, student)
     del student
-    if ctx.teacher_scores_answers():  # the likelihood referee asks the same of an endpoint: its cache answers that
-        convs = answer_conversations(system, [r["instruction"] for r in out])
-        lls = ctx.teacher_loglik(convs, [r["answer"] for r in out], f"teacher scores eval answers ({tag})")
-        for row, ll in zip(out, lls):
-            row["teacher_loglik"] = ll
     teacher = {r["id"]: r for r in ctx.store.read_jsonl(ctx.layout.eval.teacher)}
     pairs = [
         Pair(r["id"], r["instruction"], teacher[r["id"]]["answer"], r["answer"])
@@ -134,6 +129,8 @@ def evaluate_student(ctx, student_path: Optional[Path], tag: str, files: EvalFil
         if teacher[r["id"]]["status"] == "ok"
     ]
     verdicts = ctx.run_referees(pairs, files.referee, f"referee scores eval set ({tag})")
+    if ctx.teacher_scores_answers():
+        teacher_loglik_of_answers(ctx, out, verdicts.get("likelihood", []), tag)
     primary = ctx.referee_kinds()[0]
     for kind, rows in verdicts.items():
         for row in rows:
@@ -154,6 +151,19 @@ def evaluate_student(ctx, student_path: Optional[Path], tag: str, files: EvalFil
         ctx.store.write_jsonl(files.answers, out),
         ctx.store.write_json(files.summary, {"summary": summary, "items": domain["items"]}),
     ]
+
+
+def teacher_loglik_of_answers(ctx, out: list[dict], likelihood_verdicts: list[dict], tag: str) -> None:
+    """Each answer's teacher log-likelihood per token into its row: taken from the likelihood referee's verdicts,
+    which scored the same conversation and answer, and computed only for the answers it did not score."""
+    known = {v["id"]: v["loglik"]["student"] for v in likelihood_verdicts}
+    rest = [r for r in out if r["id"] not in known]
+    if rest:
+        convs = answer_conversations(ctx.pack.spec.system_prompt, [r["instruction"] for r in rest])
+        scored = ctx.teacher_loglik(convs, [r["answer"] for r in rest], f"teacher scores eval answers ({tag})")
+        known.update({r["id"]: ll for r, ll in zip(rest, scored)})
+    for row in out:
+        row["teacher_loglik"] = known[row["id"]]
 
 
 def run_before(ctx):
