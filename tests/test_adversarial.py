@@ -364,6 +364,29 @@ def test_generation_rejects_off_domain_replies_with_the_real_embedder(pack):
     assert out.stats["rejected_by_reason"]["off_domain"] == len(off)
 
 
+def test_generation_sizes_later_rounds_by_the_share_kept_so_far(pack):
+    """Three replies in four are too short: the second round asks for what is lacking divided by that share, so
+    the target is met in two rounds, and what a round keeps beyond a side's target is rejected as surplus."""
+
+    class CountingRounds(ScriptedGenerator):
+        rounds: list[int] = []
+
+        def generate_journaled(self, keys, *args, **kwargs):
+            self.rounds.append(len(keys))
+            return super().generate_journaled(keys, *args, **kwargs)
+
+    generator = CountingRounds(lambda prompt, n: DISTINCT[n // 4] if n % 4 == 0 else "ok")
+    out = generate_instructions(
+        pack, generator, Parents(HARD, EASY, HARD + EASY), _plan(n_new=6, max_attempts=60, generator_name="scripted")
+    )
+    assert len(out.kept) == 6 and out.stats["reached_target"]
+    assert generator.rounds[0] == 6 and len(generator.rounds) <= 3
+    assert generator.rounds[1] >= 4 * 5  # one kept of six: the 5 lacking at a rate floored at 1/8, at least x4
+    assert out.stats["kept"] + out.stats["rejected"] == out.stats["attempts"] == sum(generator.rounds)
+    surplus = [r for r in out.rejected if r["reason"] == "surplus"]
+    assert surplus and all(r["instruction"] in DISTINCT for r in surplus)
+
+
 def test_generation_stops_at_the_attempt_budget(pack):
     generator = ScriptedGenerator(lambda prompt, n: "Explain what a fever is.")  # always a duplicate
     out = generate_instructions(

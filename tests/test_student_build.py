@@ -136,7 +136,7 @@ def test_degeneration_flags_a_looping_answer_and_passes_prose():
 
 
 # the healed-student cache -------------------------------------------------------------------------
-def test_healed_student_cache_is_keyed_by_corpus_and_heal_settings(tiny_teacher, tmp_path, monkeypatch, caplog):
+def test_healed_student_cache_is_keyed_by_corpus_and_heal_settings(tiny_teacher, tmp_path, monkeypatch, capsys):
     from sdk.config import GenerationSettings
     from sdk.models.local import LocalChatModel
     from sdk.stages import student as student_stage
@@ -163,8 +163,19 @@ def test_healed_student_cache_is_keyed_by_corpus_and_heal_settings(tiny_teacher,
         and first["before_heal"]["kl_per_token"] is not None
         and first["after_heal"]["kl_per_token"] is not None
     )
+    capsys.readouterr()
     again = student_stage.build(student_stage.StudentSettings(models, heal, 0), inputs, teacher, "tiny teacher")
     assert again["path"] == first["path"]  # reused, not rebuilt
+    # and so are its figures, measured on the same held-out set; another held-out set is measured afresh
+    assert "reusing the cached student's fidelity figures" in capsys.readouterr().err
+    assert again["before_heal"] == first["before_heal"] and again["after_heal"] == first["after_heal"]
+    other_heldout = student_stage.StudentInputs(TEXTS, TEXTS[:1], prompts, ["A dysregulated response to infection."])
+    remeasured = student_stage.build(
+        student_stage.StudentSettings(models, heal, 0), other_heldout, teacher, "tiny teacher"
+    )
+    assert remeasured["path"] == first["path"] and remeasured["inputs"] != first["inputs"]
+    assert "reusing the cached student's fidelity" not in capsys.readouterr().err
+    assert remeasured["after_heal"]["kl_per_token"] != first["after_heal"]["kl_per_token"]
     changed_corpus = student_stage.StudentInputs(
         TEXTS[:3] + ["Anaphylaxis is a severe allergic reaction."], TEXTS[:1], prompts, ["An infection response."]
     )

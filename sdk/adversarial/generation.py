@@ -20,6 +20,7 @@ replays the same decisions and asks the generator only for attempts it never ans
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -115,6 +116,14 @@ def parent_pools(
     return list(hard), list(easy)
 
 
+def acceptance_rate(kept: int, attempts: int) -> float:
+    """The share of replies kept so far, as the next round's sizing assumes it: 1 before any reply, and never
+    below one in eight, so a run of rejections does not spend the whole budget in one round."""
+    if attempts == 0:
+        return 1.0
+    return max(kept / attempts, 1 / 8)
+
+
 def balanced_counts(kept_hard: int, kept_easy: int, hard_share: float) -> tuple[int, int]:
     """The largest (h, e) with h <= kept_hard, e <= kept_easy and h = round((h + e) * hard_share)."""
     for total in range(kept_hard + kept_easy, -1, -1):
@@ -154,6 +163,10 @@ def generate_instructions(
         lacking = {side: targets[side] - len(kept[side]) for side in SIDES}
         if not any(n > 0 for n in lacking.values()):
             break
+        # Ask for what is lacking divided by the share kept so far, so a generator whose replies are mostly
+        # rejected fills its target in one or two large batches rather than in many small ones.
+        rate = acceptance_rate(sum(len(v) for v in kept.values()), attempts)
+        lacking = {side: math.ceil(n / rate) if n > 0 else 0 for side, n in lacking.items()}
         # Interleave the sides so a budget that runs out mid-round still leaves them balanced.
         round_sides = []
         while any(lacking[s] > 0 for s in SIDES) and attempts + len(round_sides) < plan.max_attempts:
@@ -196,6 +209,11 @@ def generate_instructions(
         for key, side, parent in specs:
             judge.decide(journal.done[key], side, parent, kept, out)
 
+    # A large round can overshoot a side's target: keep the earliest.
+    for side in SIDES:
+        for row in kept[side][targets[side] :]:
+            out.rejected.append(dict(row, reason="surplus", detail=f"{side} already had its {targets[side]}"))
+        kept[side] = kept[side][: targets[side]]
     # Keep the sides in proportion (Lion: 1:1): trim the latest of an over-full side.
     if all(targets[s] > 0 for s in SIDES):
         n_hard, n_easy = balanced_counts(len(kept["hard"]), len(kept["easy"]), plan.hard_share)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sdk.config import GenerationSettings
 from sdk.models.base import ChatBackend
@@ -51,6 +52,7 @@ class LocalChatModel(ChatBackend):
     tokenizer: object
     name: str
     settings: GenerationSettings
+    _scored: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # loglik's memo
 
     def __post_init__(self):
         tok = self.tokenizer
@@ -112,7 +114,19 @@ class LocalChatModel(ChatBackend):
 
         score = (1/|a|) * sum_t log p(a_t | prompt, a_<t), over the answer tokens only.
         An empty answer has no score (None).
+
+        Scores are remembered for the life of this object (the weights of a model that scores do not change):
+        the loop's referee scores the teacher's answers to the whole cache pool every iteration, and each
+        evaluation scores the teacher's held-out answers again.
         """
+        keys = [hashlib.sha256(f"{self.render(m)}\0{a}".encode()).hexdigest() for m, a in zip(conversations, answers)]
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in self._scored}.values())
+        if todo:
+            scored = self._loglik([conversations[i] for i in todo], [answers[i] for i in todo], batch_size)
+            self._scored.update({keys[i]: score for i, score in zip(todo, scored)})
+        return [self._scored[k] for k in keys]
+
+    def _loglik(self, conversations: Sequence[Messages], answers: Sequence[str], batch_size: int) -> list[float | None]:
         import torch
 
         tok = self.tokenizer

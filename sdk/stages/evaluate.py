@@ -38,9 +38,10 @@ def fidelity_start(ctx) -> Optional[float]:
     )
 
 
-def fidelity_summary(ctx, student: LocalChatModel) -> dict:
+def fidelity_summary(ctx, student: LocalChatModel, student_path: Optional[Path] = None) -> dict:
     """KL(T||S), top-1 agreement and perplexity on the teacher's held-out answers, domain perplexity on
-    held-out chunks. For an endpoint teacher, estimated from its stored top-k where the eval_teacher stage asked
+    held-out chunks; for the student the loop starts from, the student stage's figures (initial_figures), which
+    measured it on the same set. For an endpoint teacher, estimated from its stored top-k where the eval_teacher stage asked
     for it; otherwise unavailable (None), and the student's domain perplexity alone."""
     from sdk.evaluate.fidelity import gap_closed, perplexity
 
@@ -62,9 +63,11 @@ def fidelity_summary(ctx, student: LocalChatModel) -> dict:
         return dict(estimate, domain_ppl=domain_ppl)
     if student.tokenizer.get_vocab() != ctx.teacher.tokenizer.get_vocab():
         return dict(empty, fidelity="unavailable: the teacher's tokenizer differs from the student's")
-    from sdk.stages.student import heldout_inputs, measure
+    from sdk.stages.student import heldout_inputs, initial_figures, measure
 
-    measured = measure(ctx.teacher.model, student.model, student.tokenizer, heldout_inputs(ctx))
+    measured = initial_figures(ctx, student_path) or measure(
+        ctx.teacher.model, student.model, student.tokenizer, heldout_inputs(ctx)
+    )
     summary = {k: measured[k] for k in ("kl_per_token", "top1_agreement", "student_ppl")}
     summary["kl_gap_closed"] = gap_closed(fidelity_start(ctx), summary["kl_per_token"])
     summary["domain_ppl"] = measured["domain_ppl"]
@@ -120,7 +123,7 @@ def evaluate_student(ctx, student_path: Optional[Path], tag: str, files: EvalFil
     ]
     for row in out:
         row["degeneration"] = degeneration(row["answer"])
-    fidelity = fidelity_summary(ctx, student)
+    fidelity = fidelity_summary(ctx, student, student_path)
     del student
     teacher = {r["id"]: r for r in ctx.store.read_jsonl(ctx.layout.eval.teacher)}
     pairs = [

@@ -146,12 +146,6 @@ def build(settings: StudentSettings, inputs: StudentInputs, teacher, teacher_nam
         log(
             "[yellow]the teacher's tokenizer differs from the student's: no healing and no fidelity figures (they compare next-token distributions over one vocabulary)[/yellow]"
         )
-    if same_vocab:
-        record["before_heal"] = measure(teacher.model, model, tokenizer, inputs)
-        log(
-            f"student before healing: KL {record['before_heal']['kl_per_token']} nats/token, top-1 {record['before_heal']['top1_agreement']}, domain ppl {record['before_heal']['domain_ppl']}"
-        )
-
     healing = heal.steps > 0 and same_vocab
     key = _sha(
         {
@@ -167,6 +161,18 @@ def build(settings: StudentSettings, inputs: StudentInputs, teacher, teacher_nam
         }
     )[:16]
     target = (student_cache_dir() if heal.cache or private_dir is None else Path(private_dir)) / key
+    # The measurements depend on the held-out set as well: kept beside a cached student, per held-out set.
+    record["inputs"] = inputs_key(inputs, teacher_name)
+    measured = _read_measured(target, record["inputs"]) if heal.cache and same_vocab else None
+    if measured:
+        log("reusing the cached student's fidelity figures before and after healing (same held-out set and teacher)")
+        record.update(measured)
+    elif same_vocab:
+        record["before_heal"] = measure(teacher.model, model, tokenizer, inputs)
+    if same_vocab:
+        log(
+            f"student before healing: KL {record['before_heal']['kl_per_token']} nats/token, top-1 {record['before_heal']['top1_agreement']}, domain ppl {record['before_heal']['domain_ppl']}"
+        )
     if not healing:
         target = _build(target, heal.cache, lambda out: _save(model, tokenizer, out, record["prune"]))
     elif heal.cache and (target / ".complete").is_file():
@@ -211,12 +217,56 @@ def build(settings: StudentSettings, inputs: StudentInputs, teacher, teacher_nam
         from transformers import AutoModelForCausalLM
 
         record["heal"] = dict(json.loads((target / "heal.json").read_text()), settings=heal.model_dump())
-        healed = AutoModelForCausalLM.from_pretrained(target).to(teacher.model.device)
-        record["after_heal"] = measure(teacher.model, healed, tokenizer, inputs)
+        if not measured:
+            healed = AutoModelForCausalLM.from_pretrained(target).to(teacher.model.device)
+            record["after_heal"] = measure(teacher.model, healed, tokenizer, inputs)
         log(
             f"student after healing: KL {record['after_heal']['kl_per_token']} nats/token, top-1 {record['after_heal']['top1_agreement']}, domain ppl {record['after_heal']['domain_ppl']}"
         )
+    if same_vocab and not measured and (heal.cache or private_dir is None):
+        _write_measured(target, record["inputs"], {k: record[k] for k in ("before_heal", "after_heal") if k in record})
     return record
+
+
+def inputs_key(inputs: StudentInputs, teacher_name: str) -> str:
+    """What the fidelity figures were measured on: the teacher, its held-out answers and the held-out chunks."""
+    return _sha([teacher_name, inputs.eval_prompts, inputs.eval_answers, inputs.heldout_chunks])[:16]
+
+
+def _measured_file(target: Path, key: str) -> Path:
+    return target / f"measured-{key}.json"
+
+
+def _read_measured(target: Path, key: str) -> Optional[dict]:
+    path = _measured_file(target, key)
+    if not (target / ".complete").is_file() or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # a damaged file is measured again and rewritten
+
+
+def _write_measured(target: Path, key: str, figures: dict) -> None:
+    """Atomically, so a concurrent run reads the whole file or none (both would write the same figures)."""
+    path = _measured_file(target, key)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(figures))
+    os.replace(tmp, path)
+
+
+def initial_figures(ctx, student_path: Optional[Path]) -> Optional[dict]:
+    """The student stage's figures for the student the loop starts from, when `student_path` is that student and
+    they were measured on today's held-out set: what eval_before would measure again."""
+    layout = ctx.layout
+    if student_path is None or not layout.student_init.is_file():
+        return None
+    record = ctx.store.read_json(layout.student_init)
+    if not record.get("path") or Path(record["path"]).resolve() != Path(student_path).resolve():
+        return None
+    if record.get("inputs") != inputs_key(heldout_inputs(ctx), record.get("teacher")):
+        return None
+    return record.get("after_heal") or record.get("before_heal")
 
 
 def _save_once(model, tokenizer, folder: Path) -> Path:
