@@ -46,8 +46,9 @@ class GenerationSettings(_Strict):
     )
     bf16: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="local models: generate under bf16 autocast; auto = where the hardware has native bf16 (a CUDA "
-        "GPU that supports it, or a CPU with AVX512-BF16 or AMX); scoring (log-likelihoods, KL) stays in float32",
+        description="local models: generate in bf16 (autocast on a GPU, a bf16 copy of the weights on a CPU); auto = "
+        "where the hardware has native bf16 (a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX); scoring "
+        "(log-likelihoods, KL) stays in float32",
     )
     top_logprobs: Optional[int] = Field(
         None,

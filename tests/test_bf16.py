@@ -100,3 +100,41 @@ def test_bf16_autocast_tracks_fp32(tmp_path, one_thread):
     gaps = [abs(b - f) / f for f, b in zip(fp32, bf16)]
     assert max(gaps) < MAX_RELATIVE_GAP, [f"{f:.4f}/{b:.4f}" for f, b in zip(fp32, bf16)]
     assert bf16[-1] == pytest.approx(fp32[-1], rel=MAX_RELATIVE_GAP)
+
+
+@pytest.mark.parametrize("native_cpu", [True, False])
+def test_cpu_generation_uses_a_bf16_copy_of_the_weights_and_scores_in_float32(tmp_path, monkeypatch, native_cpu):
+    """generation.bf16 auto on a CPU with native bf16: the answers come from a bf16 copy of the weights (the
+    same greedy text as generating from the model cast to bf16 by hand), the float32 model is left as it was and
+    keeps scoring, and the response-cache key says which precision answered. Without native bf16: float32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sdk.config import GenerationSettings
+    from sdk.models.local import LocalChatModel
+
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native_cpu)
+    folder = tiny_model_dir(tmp_path / "tiny", hidden=64)
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    settings = GenerationSettings(max_new_tokens=12, batch_size=4)
+    chat = LocalChatModel(model, tok, "tiny", settings)
+    convs = [[{"role": "user", "content": q}] for q in ("What is a fever?", "Name a sign of sepsis.")]
+    answers = chat.generate(convs)
+
+    generator = chat.generation_model(settings)
+    assert (generator is not model) is native_cpu
+    assert next(generator.parameters()).dtype == (torch.bfloat16 if native_cpu else torch.float32)
+    assert next(model.parameters()).dtype == torch.float32  # the scoring model is untouched
+    assert chat.cache_params(settings)["precision"] == ("bf16" if native_cpu else "fp32")
+
+    reference = AutoModelForCausalLM.from_pretrained(folder)
+    if native_cpu:
+        reference = reference.to(torch.bfloat16)
+    by_hand = LocalChatModel(reference, tok, "by hand", settings.model_copy(update={"bf16": "off"}))
+    assert answers == by_hand.generate(convs)
+
+    # scoring runs the float32 model: the same figures as a float32 copy that never generated in bf16
+    scoring = LocalChatModel(AutoModelForCausalLM.from_pretrained(folder), tok, "fp32", settings)
+    assert chat.loglik(convs, ["A raised body temperature."] * 2) == scoring.loglik(
+        convs, ["A raised body temperature."] * 2
+    )

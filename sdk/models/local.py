@@ -26,22 +26,29 @@ def sampling_kwargs(temperature: float, top_p: float, repetition_penalty: float,
 
 
 def uses_bf16(device, setting: str) -> bool:
-    """Whether generation runs under bf16 autocast: `on` anywhere; `auto` on a CUDA GPU with bf16 only. On a CPU,
-    even one with native bf16, autocast made greedy generation slower (bench/generation.py: 0.45x the tokens per
-    second of fp32 on this project's 2-core AVX512-BF16 CPU, batch 8, 48 new tokens), while a training step ran
-    2.3x faster (bench/bf16_step.py): decoding multiplies small matrices and pays the casts on every token."""
+    """Whether generation runs in bf16: `on` anywhere, `off` nowhere; `auto` on a CUDA GPU with bf16, or on a CPU
+    with native bf16 (AVX512-BF16 or AMX). Scoring (log-likelihoods, KL) always stays in float32."""
     import torch
 
-    return setting == "on" or (setting == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    from sdk.train import common
+
+    if setting in ("on", "off"):
+        return setting == "on"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and common.cpu_has_native_bf16()
 
 
 def generation_precision(device, setting: str):
-    """bf16 autocast where uses_bf16 says so, else a no-op context."""
+    """bf16 autocast on a GPU where uses_bf16 says so, else a no-op context (a CPU generates from a bf16 copy of
+    the weights instead: see LocalChatModel.generation_model)."""
     import contextlib
 
     import torch
 
-    return torch.autocast(device.type, dtype=torch.bfloat16) if uses_bf16(device, setting) else contextlib.nullcontext()
+    if device.type != "cpu" and uses_bf16(device, setting):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -53,6 +60,7 @@ class LocalChatModel(ChatBackend):
     name: str
     settings: GenerationSettings
     _scored: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # loglik's memo
+    _bf16_copy: object = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         tok = self.tokenizer
@@ -70,6 +78,21 @@ class LocalChatModel(ChatBackend):
     def cache_params(self, settings: GenerationSettings) -> dict:
         precision = "bf16" if uses_bf16(self.device, settings.bf16) else "fp32"  # bf16 greedy answers differ
         return dict(super().cache_params(settings), repetition_penalty=settings.repetition_penalty, precision=precision)
+
+    def generation_model(self, settings: GenerationSettings):
+        """The model that generates. On a CPU with bf16 generation, a bf16 copy of the weights, made once: on this
+        project's 2-core AVX512-BF16 CPU it decoded batches of 32 at 2.6x the tokens per second of float32, where
+        autocast over the float32 weights ran at 0.45x, because it casts every weight on every token
+        (bench/generation.py). The float32 model keeps scoring."""
+        if self.device.type != "cpu" or not uses_bf16(self.device, settings.bf16):
+            return self.model
+        if self._bf16_copy is None:
+            import copy
+
+            import torch
+
+            self._bf16_copy = copy.deepcopy(self.model).to(torch.bfloat16).eval()
+        return self._bf16_copy
 
     def _answer(self, items: list[tuple[int, Messages]], settings: GenerationSettings, budget, emit) -> None:
         """Sort the prompts by token length, longest first, so each batch pads little; emit per batch."""
@@ -97,7 +120,7 @@ class LocalChatModel(ChatBackend):
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(self.device)
         with torch.inference_mode(), generation_precision(self.device, settings.bf16):
-            out = self.model.generate(
+            out = self.generation_model(settings).generate(
                 **enc,
                 max_new_tokens=settings.max_new_tokens,
                 **sampling_kwargs(settings.temperature, settings.top_p, settings.repetition_penalty, tok.pad_token_id),
