@@ -101,7 +101,15 @@ def main() -> None:
         default=2,
         help="each round runs every method once, in a rotated order, so load changes on a shared machine hit all alike",
     )
-    parser.add_argument("--precision-only", action="store_true", help="only fp32 against bf16 autocast")
+    parser.add_argument(
+        "--precision-only", action="store_true", help="only fp32 against the SDK's bf16 path and bf16 autocast"
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        default=None,
+        help="only these batch sizes against each other, comma-separated (e.g. 8,32,64), in the --precision given",
+    )
+    parser.add_argument("--precision", choices=("auto", "on", "off"), default="off", help="generation.bf16")
     parser.add_argument(
         "--options-only",
         action="store_true",
@@ -120,6 +128,10 @@ def main() -> None:
     batched = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     single = batched.model_copy(update={"batch_size": 1})
     chat.generate(convs[:2], settings=single)  # warm-up
+    if args.batch_sizes:
+        sizes = [int(x) for x in args.batch_sizes.split(",")]
+        batch_sizes(chat, convs, batched.model_copy(update={"bf16": args.precision}), sizes, args.rounds)
+        return
     if args.precision_only:
         precision(chat, convs, batched, args.rounds)
         return
@@ -159,29 +171,70 @@ def main() -> None:
 
 
 def precision(chat, convs, settings, rounds: int) -> None:
-    """fp32 against bf16 autocast (GenerationSettings.bf16), batched and length-sorted, alternating per round."""
+    """fp32 against the SDK's bf16 path (on a CPU: a bf16 copy of the weights) and against bf16 autocast over the
+    fp32 weights, batched and length-sorted, rotated per round; with how often the greedy answers stay identical
+    and how repetitive each precision's answers are (mean distinct-trigram ratio)."""
+    import contextlib
+
+    import torch
+
+    from sdk.evaluate.degeneration import degeneration_summary
     from sdk.rouge import rouge_l_f
 
+    fp32, bf16 = settings.model_copy(update={"bf16": "off"}), settings.model_copy(update={"bf16": "on"})
+    autocast = (
+        (lambda: torch.autocast(chat.device.type, dtype=torch.bfloat16))
+        if chat.device.type == "cpu"
+        else contextlib.nullcontext  # on a GPU the SDK's bf16 path is autocast itself
+    )
+
+    def under(context, run_settings):
+        def run():
+            with context():
+                return chat.generate(convs, settings=run_settings)
+
+        return run
+
     runs = {
-        "fp32": settings.model_copy(update={"bf16": "off"}),
-        "bf16 autocast": settings.model_copy(update={"bf16": "on"}),
+        "fp32": under(contextlib.nullcontext, fp32),
+        "bf16 (sdk)": under(contextlib.nullcontext, bf16),
+        "bf16 autocast": under(autocast, fp32),
     }
+    chat.generate(convs[:1], settings=bf16)  # makes the bf16 copy outside the timing
     seconds, tokens, outputs = dict.fromkeys(runs, 0.0), dict.fromkeys(runs, 0), {}
+    names = list(runs)
     for r in range(rounds):
-        for name in list(runs)[r % 2 :] + list(runs)[: r % 2]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
-            outputs[name] = chat.generate(convs, settings=runs[name])
+            outputs[name] = runs[name]()
             seconds[name] += time.perf_counter() - start
             tokens[name] += new_tokens(chat, outputs[name])
     rate = {name: tokens[name] / seconds[name] for name in runs}
+    print(f"  {'precision':<24} {'tokens/s':>8}  {'vs fp32':>7}  identical  ROUGE-L to fp32  distinct-trigram")
     for name in runs:
-        print(f"  {name:<24} {rate[name]:8.1f} tokens/s  ({seconds[name]:.1f} s)")
-    same = sum(a == b for a, b in zip(outputs["fp32"], outputs["bf16 autocast"]))
-    overlap = sum(rouge_l_f(a, b) for a, b in zip(outputs["fp32"], outputs["bf16 autocast"])) / len(convs)
-    print(
-        f"bf16 autocast vs fp32: {rate['bf16 autocast'] / rate['fp32']:.2f}x the tokens per second; "
-        f"greedy answers identical {same}/{len(convs)}, mean ROUGE-L between them {overlap:.3f}"
-    )
+        same = sum(a == b for a, b in zip(outputs["fp32"], outputs[name]))
+        overlap = sum(rouge_l_f(a, b) for a, b in zip(outputs["fp32"], outputs[name])) / len(convs)
+        distinct = degeneration_summary(outputs[name])["distinct_trigram_ratio"]
+        print(
+            f"  {name:<24} {rate[name]:8.1f}  {rate[name] / rate['fp32']:6.2f}x  {same:4d}/{len(convs):<4d}  {overlap:15.3f}  {distinct:16.3f}"
+        )
+
+
+def batch_sizes(chat, convs, settings, sizes: list[int], rounds: int) -> None:
+    """The same prompts in batches of each size (length-sorted, left-padded, the SDK's path), rotated per round;
+    whether the greedy answers match the first size's."""
+    seconds, tokens, outputs = dict.fromkeys(sizes, 0.0), dict.fromkeys(sizes, 0), {}
+    for r in range(rounds):
+        for size in sizes[r % len(sizes) :] + sizes[: r % len(sizes)]:
+            start = time.perf_counter()
+            outputs[size] = chat.generate(convs, settings=settings.model_copy(update={"batch_size": size}))
+            seconds[size] += time.perf_counter() - start
+            tokens[size] += new_tokens(chat, outputs[size])
+    rate = {size: tokens[size] / seconds[size] for size in sizes}
+    print(f"  {'batch size':<12} {'tokens/s':>8}  vs {sizes[0]:<4} identical to {sizes[0]}")
+    for size in sizes:
+        same = sum(a == b for a, b in zip(outputs[sizes[0]], outputs[size]))
+        print(f"  {size:<12} {rate[size]:8.1f}  {rate[size] / rate[sizes[0]]:5.2f}x  {same}/{len(convs)}")
 
 
 def options(chat, convs, settings, rounds: int) -> None:
