@@ -19,11 +19,54 @@ def general_scores(ctx, student_path: Optional[Path], tag: str) -> dict:
     return evaluate_general(student.model, student.tokenizer, tasks, limit=f.limit, batch_size=f.batch_size)
 
 
+def cached_scores_file(ctx, student_path: Optional[Path]) -> Optional[Path]:
+    """Where the general scores of a built student folder (pruned, healed: the student stage's, usually in the
+    user cache) are kept, keyed by the tasks, their bundled files, the item limit, the batch size and lm-eval's
+    version; None for any other student. A second run on the same pack reuses them."""
+    import hashlib
+    import json
+    from importlib.metadata import version
+
+    layout = ctx.layout
+    if student_path is None or not layout.student_init.is_file():
+        return None
+    folder = ctx.store.read_json(layout.student_init).get("path")
+    if (
+        not folder
+        or Path(folder).resolve() != Path(student_path).resolve()
+        or not (Path(folder) / ".complete").is_file()
+    ):
+        return None
+    f = ctx.recipe.forgetting
+    bundled = Path(__file__).resolve().parents[1] / "evaluate" / "tasks"
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(bundled.glob("*")) if p.is_file()}
+    key = [ctx.forgetting_tasks(), f.limit, f.batch_size, version("lm_eval"), files]
+    return Path(folder) / f"general-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}.json"
+
+
 def run_before(ctx):
+    import json
+    import os
+
     from sdk.evaluate.forgetting import load_tasks
 
     load_tasks(ctx.forgetting_tasks())  # an unknown task or missing data fails here, in seconds
-    return [ctx.store.write_json(ctx.layout.eval.forgetting_before, general_scores(ctx, ctx.student_dir(-1), "before"))]
+    student_path = ctx.student_dir(-1)
+    cached = cached_scores_file(ctx, student_path)
+    scores = None
+    if cached is not None and cached.is_file():
+        try:
+            scores = json.loads(cached.read_text())
+            log(f"forgetting check (before): reusing the scores of the same student on the same tasks from {cached}")
+        except (OSError, ValueError):
+            scores = None  # damaged: measured again and rewritten
+    if scores is None:
+        scores = general_scores(ctx, student_path, "before")
+        if cached is not None:
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(scores))
+            os.replace(tmp, cached)  # a concurrent run reads all of it or none
+    return [ctx.store.write_json(ctx.layout.eval.forgetting_before, scores)]
 
 
 def run_after(ctx):
