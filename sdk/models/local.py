@@ -81,9 +81,9 @@ class LocalChatModel(ChatBackend):
 
     def generation_model(self, settings: GenerationSettings):
         """The model that generates. On a CPU with bf16 generation, a bf16 copy of the weights, made once: on this
-        project's 2-core AVX512-BF16 CPU it decoded batches of 32 at 2.6x the tokens per second of float32, where
-        autocast over the float32 weights ran at 0.45x, because it casts every weight on every token
-        (bench/generation.py). The float32 model keeps scoring."""
+        project's 2-core AVX512-BF16 CPU it decoded batches of 32 at 1.99x the tokens per second of float32, and
+        autocast over the float32 weights at 1.47x, because it casts every weight on every token (at batch 8 it
+        was slower than float32; bench/generation.py). The float32 model keeps scoring."""
         if self.device.type != "cpu" or not uses_bf16(self.device, settings.bf16):
             return self.model
         if self._bf16_copy is None:
