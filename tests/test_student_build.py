@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sdk.config import HealSettings, ModelSpec, ModelsSettings
-from sdk.evaluate.degeneration import degeneration, degeneration_summary, longest_repeat
+from sdk.evaluate.degeneration import degeneration, degeneration_summary, longest_repeat, phrase_repeats
 from sdk.evaluate.fidelity import fidelity, gap_closed, perplexity, token_divergence
 from sdk.models.prune import (
     PrunePlan,
@@ -130,6 +130,24 @@ def test_degeneration_flags_a_looping_answer_and_passes_prose():
     phrase = "the condition conditions the condition conditions the condition conditions the condition conditions"
     assert longest_repeat(loop) == 8 and longest_repeat(prose) == 1 and longest_repeat(phrase) == 4
     assert not degeneration(prose)["looping"] and degeneration(loop)["looping"] and degeneration(phrase)["looping"]
+    # a paraphrase loop (the demo's student, verbatim): no copy follows another directly, and its distinct-trigram
+    # ratio passes, but one 4-gram is a third of its words
+    paraphrase = (
+        "The stroke-risk score of 68-year-old man with hypertension (AF) is a measure of the risk of having a "
+        "myocardial infarction (AMI), which is an elevated risk of having a myocardial infarction (MI). This "
+        "suggests that he has a high risk of having a myocardial infarction (AMI), which indicates a high risk of "
+        "having a myocardial infarction (MIA), indicating a high risk of having a myocardial infarction"
+    )
+    checks = degeneration(paraphrase)
+    assert checks["longest_repeat"] < 3 and checks["distinct_trigram_ratio"] >= 0.6  # the older checks miss it
+    assert checks["phrase_repeats"] == 5 and checks["looping"]
+    # parallel prose: the same 5 words before three different cases, and a name said three times
+    parallel = (
+        "In the case of a child, give paracetamol by weight. In the case of a pregnant woman, avoid ibuprofen "
+        "late in pregnancy. In the case of a frail older adult, start low. The World Health Organization lists "
+        "both; the World Health Organization also lists aspirin, which the World Health Organization limits."
+    )
+    assert phrase_repeats(parallel, 5) == 3 and not degeneration(parallel)["looping"]
     summary = degeneration_summary([prose, loop, ""])
     assert summary["looping_answers"] == 1 and summary["empty_answers"] == 1 and summary["longest_repeat"] == 8
     assert summary["distinct_trigram_ratio"] < 1.0
