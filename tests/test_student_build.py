@@ -216,6 +216,17 @@ def test_healed_student_cache_is_keyed_by_corpus_and_heal_settings(tiny_teacher,
         student_stage.build(student_stage.StudentSettings(models, heal, 1), inputs, teacher, "tiny teacher")["path"]
         != first["path"]
     )  # another seed
+    # with a general share, the teacher's answers are healing text: another generation precision is another key
+    general = heal.model_copy(update={"general_fraction": 0.5})
+    paths = []
+    for precision in ("off", "on"):
+        teacher.settings = teacher.settings.model_copy(update={"bf16": precision})
+        paths.append(
+            student_stage.build(student_stage.StudentSettings(models, general, 0), inputs, teacher, "tiny teacher")[
+                "path"
+            ]
+        )
+    assert paths[0] != paths[1] and first["path"] not in paths
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(first["path"]).config.num_hidden_layers == 4

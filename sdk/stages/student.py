@@ -7,7 +7,8 @@
     recipe   models (teacher, student), heal, eval.heldout_chunks, seed
 
 The student folder lives in the user cache (<cache>/students/<key>/), keyed by the teacher, the layers
-kept, the calibration and healing text, the heal settings and the seed, so a second run on the same pack
+kept, the calibration and healing text, how the teacher generates the general share of that text, the
+heal settings and the seed, so a second run on the same pack
 reuses it. It is built under a file lock into a temporary folder and renamed into place, like the
 embedded model's safetensors cache, so two runs never build it twice or read half of one.
 """
@@ -156,6 +157,10 @@ def build(settings: StudentSettings, inputs: StudentInputs, teacher, teacher_nam
             "calibration": _sha(inputs.train_chunks[: spec.calibration_chunks]) if record["prune"] else None,
             "heal": heal.model_dump(exclude={"cache"}) if healing else None,
             "heal_text": _sha(inputs.train_chunks) if healing else None,
+            # the general share is the teacher's answers: how it generates them (precision included) shapes them
+            "general_text": dict(teacher.cache_params(teacher.settings), batch_size=teacher.settings.batch_size)
+            if healing and heal.general_fraction > 0
+            else None,
             "seed": seed if healing else None,
             "dtype": spec.dtype,
         }
