@@ -258,6 +258,7 @@ def test_loop_pools_split_and_generation(smoke_run):
             "off_domain",
             "rouge",
             "cosine",
+            "surplus",
             "balance",
         }
 
