@@ -65,8 +65,9 @@ def fidelity_summary(ctx, student: LocalChatModel, student_path: Optional[Path] 
         return dict(empty, fidelity="unavailable: the teacher's tokenizer differs from the student's")
     from sdk.stages.student import heldout_inputs, initial_figures, measure
 
-    measured = initial_figures(ctx, student_path) or measure(
-        ctx.teacher.model, student.model, student.tokenizer, heldout_inputs(ctx)
+    inputs = heldout_inputs(ctx)
+    measured = initial_figures(ctx, student_path, inputs) or measure(
+        ctx.teacher.model, student.model, student.tokenizer, inputs
     )
     summary = {k: measured[k] for k in ("kl_per_token", "top1_agreement", "student_ppl")}
     summary["kl_gap_closed"] = gap_closed(fidelity_start(ctx), summary["kl_per_token"])

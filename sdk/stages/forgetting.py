@@ -27,16 +27,12 @@ def cached_scores_file(ctx, student_path: Optional[Path]) -> Optional[Path]:
     import json
     from importlib.metadata import version
 
-    layout = ctx.layout
-    if student_path is None or not layout.student_init.is_file():
+    from sdk.stages.student import initial_record
+
+    record = initial_record(ctx, student_path)
+    if record is None or not (Path(record["path"]) / ".complete").is_file():
         return None
-    folder = ctx.store.read_json(layout.student_init).get("path")
-    if (
-        not folder
-        or Path(folder).resolve() != Path(student_path).resolve()
-        or not (Path(folder) / ".complete").is_file()
-    ):
-        return None
+    folder = record["path"]
     f = ctx.recipe.forgetting
     bundled = Path(__file__).resolve().parents[1] / "evaluate" / "tasks"
     files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(bundled.glob("*")) if p.is_file()}
@@ -45,27 +41,19 @@ def cached_scores_file(ctx, student_path: Optional[Path]) -> Optional[Path]:
 
 
 def run_before(ctx):
-    import json
-    import os
-
     from sdk.evaluate.forgetting import load_tasks
+    from sdk.store import atomic_write_json, read_json_or_none
 
     load_tasks(ctx.forgetting_tasks())  # an unknown task or missing data fails here, in seconds
     student_path = ctx.student_dir(-1)
     cached = cached_scores_file(ctx, student_path)
-    scores = None
-    if cached is not None and cached.is_file():
-        try:
-            scores = json.loads(cached.read_text())
-            log(f"forgetting check (before): reusing the scores of the same student on the same tasks from {cached}")
-        except (OSError, ValueError):
-            scores = None  # damaged: measured again and rewritten
-    if scores is None:
+    scores = read_json_or_none(cached) if cached is not None else None  # a damaged file is measured again
+    if scores is not None:
+        log(f"forgetting check (before): reusing the scores of the same student on the same tasks from {cached}")
+    else:
         scores = general_scores(ctx, student_path, "before")
         if cached is not None:
-            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(scores))
-            os.replace(tmp, cached)  # a concurrent run reads all of it or none
+            atomic_write_json(cached, scores)  # a concurrent run reads all of it or none
     return [ctx.store.write_json(ctx.layout.eval.forgetting_before, scores)]
 
 

@@ -229,7 +229,10 @@ def build(settings: StudentSettings, inputs: StudentInputs, teacher, teacher_nam
             f"student after healing: KL {record['after_heal']['kl_per_token']} nats/token, top-1 {record['after_heal']['top1_agreement']}, domain ppl {record['after_heal']['domain_ppl']}"
         )
     if same_vocab and not measured and (heal.cache or private_dir is None):
-        _write_measured(target, record["inputs"], {k: record[k] for k in ("before_heal", "after_heal") if k in record})
+        from sdk.store import atomic_write_json
+
+        figures = {k: record[k] for k in ("before_heal", "after_heal") if k in record}
+        atomic_write_json(_measured_file(target, record["inputs"]), figures)  # a concurrent run writes the same
     return record
 
 
@@ -243,33 +246,28 @@ def _measured_file(target: Path, key: str) -> Path:
 
 
 def _read_measured(target: Path, key: str) -> Optional[dict]:
-    path = _measured_file(target, key)
-    if not (target / ".complete").is_file() or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # a damaged file is measured again and rewritten
+    from sdk.store import read_json_or_none
+
+    return read_json_or_none(_measured_file(target, key)) if (target / ".complete").is_file() else None
 
 
-def _write_measured(target: Path, key: str, figures: dict) -> None:
-    """Atomically, so a concurrent run reads the whole file or none (both would write the same figures)."""
-    path = _measured_file(target, key)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(figures))
-    os.replace(tmp, path)
-
-
-def initial_figures(ctx, student_path: Optional[Path]) -> Optional[dict]:
-    """The student stage's figures for the student the loop starts from, when `student_path` is that student and
-    they were measured on today's held-out set: what eval_before would measure again."""
+def initial_record(ctx, student_path: Optional[Path]) -> Optional[dict]:
+    """student_init.json when `student_path` is the folder the student stage built (the student the loop starts
+    from), else None."""
     layout = ctx.layout
     if student_path is None or not layout.student_init.is_file():
         return None
     record = ctx.store.read_json(layout.student_init)
     if not record.get("path") or Path(record["path"]).resolve() != Path(student_path).resolve():
         return None
-    if record.get("inputs") != inputs_key(heldout_inputs(ctx), record.get("teacher")):
+    return record
+
+
+def initial_figures(ctx, student_path: Optional[Path], inputs: StudentInputs) -> Optional[dict]:
+    """The student stage's figures for the student the loop starts from, when `student_path` is that student and
+    they were measured on `inputs` (today's held-out set): what eval_before would measure again."""
+    record = initial_record(ctx, student_path)
+    if record is None or record.get("inputs") != inputs_key(inputs, record.get("teacher")):
         return None
     return record.get("after_heal") or record.get("before_heal")
 
