@@ -142,22 +142,24 @@ class LocalChatModel(ChatBackend):
         the loop's referee scores the teacher's answers to the whole cache pool every iteration, and each
         evaluation scores the teacher's held-out answers again.
         """
-        keys = [hashlib.sha256(f"{self.render(m)}\0{a}".encode()).hexdigest() for m, a in zip(conversations, answers)]
+        prompts = [self.render(m) for m in conversations]
+        keys = [hashlib.sha256(f"{p}\0{a}".encode()).hexdigest() for p, a in zip(prompts, answers)]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in self._scored}.values())
         if todo:
-            scored = self._loglik([conversations[i] for i in todo], [answers[i] for i in todo], batch_size)
+            scored = self._loglik([prompts[i] for i in todo], [answers[i] for i in todo], batch_size)
             self._scored.update({keys[i]: score for i, score in zip(todo, scored)})
         return [self._scored[k] for k in keys]
 
-    def _loglik(self, conversations: Sequence[Messages], answers: Sequence[str], batch_size: int) -> list[float | None]:
+    def _loglik(self, prompts: Sequence[str], answers: Sequence[str], batch_size: int) -> list[float | None]:
+        """loglik's computation for rendered prompts, in batches."""
         import torch
 
         tok = self.tokenizer
         scores: list[float] = []
         for start in range(0, len(answers), batch_size):
             ids, answer_mask = [], []
-            for msgs, answer in zip(conversations[start : start + batch_size], answers[start : start + batch_size]):
-                p = tok(self.render(msgs), add_special_tokens=False)["input_ids"]
+            for prompt, answer in zip(prompts[start : start + batch_size], answers[start : start + batch_size]):
+                p = tok(prompt, add_special_tokens=False)["input_ids"]
                 a = tok(answer, add_special_tokens=False)["input_ids"]
                 ids.append(p + a)
                 answer_mask.append([0] * len(p) + [1] * len(a))
