@@ -350,8 +350,10 @@ def _wait_for(predicate, proc, timeout=600):
 def test_sigkill_during_training_then_resume(tmp_path):
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen(
-        # two epochs, so steps remain after checkpoint-4 to be killed in
-        distill_cmd() + ["run", *SMOKE, *ONE_ITERATION, "--set", "train.epochs=2", "--run-dir", str(run_dir)],
+        # a checkpoint every 4 steps and two epochs, so steps remain after checkpoint-4 to be killed in
+        distill_cmd()
+        + ["run", *SMOKE, *ONE_ITERATION, "--set", "train.epochs=2", "--set", "train.save_steps=4"]
+        + ["--run-dir", str(run_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -78,6 +78,27 @@ def test_loglik_prefers_the_models_own_answer(teacher):
     assert all(o < 0 for o in own_ll)
 
 
+def test_loglik_in_length_sorted_batches_equals_one_answer_at_a_time(teacher):
+    """Batches are sorted by length to pad less; each score must still be its own answer's, in the callers'
+    order, and equal the mean log-softmax of the answer tokens computed by hand."""
+    convs = conversations(QUESTIONS * 2)
+    answers = ["High blood pressure.", "x", "Sepsis is a life-threatening response to infection.", "Thirst", "", "ok"]
+    model = LocalChatModel(teacher.model, teacher.tokenizer, "fresh", teacher.settings)  # an empty memo
+    batched = model.loglik(convs, answers, batch_size=4)
+    assert batched[4] is None  # an empty answer has no score
+    tok = teacher.tokenizer
+    for conv, answer, score in zip(convs, answers, batched):
+        if not answer:
+            continue
+        prompt = tok(teacher.render(conv), add_special_tokens=False)["input_ids"]
+        ans = tok(answer, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt + ans])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(teacher.model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+        by_hand = logprobs[len(prompt) - 1 :].gather(-1, torch.tensor(ans).unsqueeze(-1)).mean().item()
+        assert score == pytest.approx(by_hand, abs=1e-4)
+
+
 def test_every_k_keeps_the_last_layer_and_keep_layers_is_exact():
     assert every_k_layers(30, 3) == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 29]
     assert check_keep_layers([29, 0, 0], 30) == [0, 29]

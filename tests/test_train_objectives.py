@@ -203,6 +203,23 @@ def test_finished_stage_is_not_rerun_and_a_killed_stage_resumes(tiny, tmp_path):
     assert again == first and (it / "checkpoints" / "sft" / "final").stat().st_mtime_ns == stamp
 
 
+def test_training_keeps_the_checkpoints_on_the_grid_and_writes_none_at_the_end(tiny, tmp_path):
+    """The stage saves the trained model as its output; a checkpoint off the save_steps grid at the last step
+    (weights and optimizer state) would only cost its write."""
+    from sdk.train.common import StageContext, load_stage_model, run_trainer
+    from sdk.train.sft import sft_trainer
+
+    student, teacher = tiny
+    it = write_iteration(tmp_path / "iter_00")
+    recipe = tiny_recipe(student, teacher, stages=["sft"], max_steps=3, save_steps=2)
+    rows = [r for r in map(json.loads, (it / "teacher.jsonl").read_text().splitlines()) if r["status"] == "ok"]
+    model, tok = load_stage_model(recipe, None, None)
+    ctx = StageContext(TrainRequest.in_folder(recipe, it, tmp_path / "student", None, SYSTEM), rows=rows)
+    metrics = run_trainer(sft_trainer(model, tok, ctx), ctx.stage_dir("sft"))
+    assert metrics["steps"] == 3
+    assert sorted(p.name for p in ctx.stage_dir("sft").glob("checkpoint-*")) == ["checkpoint-2"]
+
+
 def test_lora_student_loads_with_peft_and_merged(tiny, tmp_path):
     from peft import PeftModel
 

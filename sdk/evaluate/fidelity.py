@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from sdk.models.local import answer_logits
+
 
 def token_divergence(teacher_logits, student_logits, targets, mask) -> dict:
     """Sums over masked positions: KL(T||S), top-1 agreements, student and teacher NLL of the targets.
@@ -105,18 +107,14 @@ def fidelity(teacher, student, tokenizer, prompts: Sequence[str], answers: Seque
         input_ids, attention, mask = _encode(
             tokenizer, [prompts[i] for i in chunk], [answers[i] for i in chunk], device, FIDELITY_MAX_TOKENS
         )
+        # only the positions that predict answer tokens: from the batch's first answer token on
+        start = max(1, int(mask.any(0).nonzero()[0])) if mask.any() else 1
+        teacher_device = next(teacher.parameters()).device
         t_logits = _vocab(
-            _logits(
-                teacher,
-                input_ids.to(next(teacher.parameters()).device),
-                attention.to(next(teacher.parameters()).device),
-            ).to(device),
-            width,
+            answer_logits(teacher, input_ids.to(teacher_device), attention.to(teacher_device), start).to(device), width
         )
-        s_logits = _vocab(_logits(student, input_ids, attention), width)
-        sums = token_divergence(
-            t_logits[:, :-1], s_logits[:, :-1], input_ids[:, 1:], mask[:, 1:]
-        )  # position t predicts t+1
+        s_logits = _vocab(answer_logits(student, input_ids, attention, start), width)
+        sums = token_divergence(t_logits, s_logits, input_ids[:, start:], mask[:, start:])  # position t predicts t+1
         for j, i in enumerate(chunk):
             items[i] = {k: v[j] for k, v in sums.items()}
     return {"items": [_item(x) for x in items], "summary": _summary(items)}

@@ -51,6 +51,20 @@ def generation_precision(device, setting: str):
     return contextlib.nullcontext()
 
 
+def answer_logits(model, input_ids, attention, start: int):
+    """Logits at positions start-1 .. T-2, the ones that predict tokens start .. T-1 (the answers; `start` is the
+    batch's shortest prompt). The LM head and the softmax skip the prompt positions before them, which no score
+    reads: a third to a half of a scoring pass over a chat prompt and a short answer."""
+    import torch
+
+    start = max(1, start)
+    with torch.inference_mode():
+        logits = model(
+            input_ids=input_ids, attention_mask=attention, logits_to_keep=input_ids.shape[1] - start + 1
+        ).logits
+    return logits[:, :-1]
+
+
 @dataclass
 class LocalChatModel(ChatBackend):
     """A transformers model plus tokenizer, used through its tokenizer's chat template."""
@@ -155,27 +169,31 @@ class LocalChatModel(ChatBackend):
         import torch
 
         tok = self.tokenizer
-        scores: list[float] = []
-        for start in range(0, len(answers), batch_size):
-            ids, answer_mask = [], []
-            for prompt, answer in zip(prompts[start : start + batch_size], answers[start : start + batch_size]):
-                p = tok(prompt, add_special_tokens=False)["input_ids"]
-                a = tok(answer, add_special_tokens=False)["input_ids"]
-                ids.append(p + a)
-                answer_mask.append([0] * len(p) + [1] * len(a))
+        encoded = [
+            (tok(p, add_special_tokens=False)["input_ids"], tok(a, add_special_tokens=False)["input_ids"])
+            for p, a in zip(prompts, answers)
+        ]
+        # batches of similar length pad less; the scores go back in the callers' order
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]), reverse=True)
+        scores: list[float | None] = [None] * len(encoded)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            ids = [encoded[i][0] + encoded[i][1] for i in rows]
+            answer_mask = [[0] * len(encoded[i][0]) + [1] * len(encoded[i][1]) for i in rows]
             width = max(len(x) for x in ids)
             pad = tok.pad_token_id
             input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
             attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
             mask = torch.tensor([m + [0] * (width - len(m)) for m in answer_mask], device=self.device)
-            with torch.inference_mode():
-                logits = self.model(input_ids=input_ids, attention_mask=attention).logits.float()  # (B, T, V)
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts token t+1 from position t
-            target = input_ids[:, 1:]
-            token_lp = logprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-            m = mask[:, 1:].float()
+            start = max(1, min(len(encoded[i][0]) for i in rows))  # the first answer token of the batch
+            logits = answer_logits(self.model, input_ids, attention, start).float()  # (B, T - start, V)
+            # log p(a_t) = logit of the next token - logsumexp over the vocabulary, without materialising a second
+            # (B, T, V) tensor of log-probabilities
+            target = input_ids[:, start:]
+            token_lp = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+            m = mask[:, start:].float()
             count = m.sum(-1)
             total = (token_lp * m).sum(-1)
-            for c, s in zip(count.tolist(), total.tolist()):
-                scores.append(s / c if c > 0 else None)
+            for i, c, s in zip(rows, count.tolist(), total.tolist()):
+                scores[i] = s / c if c > 0 else None
         return scores

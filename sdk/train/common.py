@@ -233,8 +233,27 @@ def finish_training(trainer, result) -> tuple[object, dict]:
     return trainer.model, metrics
 
 
+def skip_final_checkpoint_callback():
+    """transformers writes a full checkpoint (weights and optimizer state) when training ends, even off the
+    save_steps grid; every caller saves the trained model itself right after, so that checkpoint would only cost
+    its write (1.3 GB and seconds for a 113M student on a CPU). Checkpoints on the grid are kept, so a run killed
+    before its output is saved resumes from the last of them."""
+    from transformers import TrainerCallback
+
+    class SkipFinalCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps and not (
+                state.save_steps > 0 and state.global_step % state.save_steps == 0
+            ):
+                control.should_save = False
+            return control
+
+    return SkipFinalCheckpoint()
+
+
 def run_trainer(trainer, work_dir: Path) -> dict:
     """trainer.train(), resuming from the newest checkpoint in work_dir; returns the stage metrics."""
+    trainer.add_callback(skip_final_checkpoint_callback())
     checkpoint = latest_checkpoint(work_dir)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     _, metrics = finish_training(trainer, result)
