@@ -46,9 +46,10 @@ class GenerationSettings(_Strict):
     )
     bf16: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="local models: generate in bf16 (autocast on a GPU, a bf16 copy of the weights on a CPU); auto = "
-        "where the hardware has native bf16 (a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX); scoring "
-        "(log-likelihoods, KL) stays in float32",
+        description="local models: generate in bf16 (autocast on a GPU, a bf16 copy of the weights on a CPU, which also "
+        "scores answers' log-likelihoods for the likelihood referee); auto = where the hardware has native bf16 (a CUDA "
+        "GPU that supports it, or a CPU with AVX512-BF16 or AMX); the fidelity figures (KL, top-1, perplexity) stay in "
+        "float32",
     )
     top_logprobs: Optional[int] = Field(
         None,

@@ -387,6 +387,29 @@ def test_generation_sizes_later_rounds_by_the_share_kept_so_far(pack):
     assert surplus and all(r["instruction"] in DISTINCT for r in surplus)
 
 
+def test_the_first_round_is_sized_by_the_previous_iterations_share_kept(pack):
+    """An iteration whose predecessor kept one reply in four asks four times its target in its first round,
+    and with the same replies meets the target in that one round."""
+    from sdk.adversarial.generation import prior_acceptance
+
+    assert prior_acceptance(None) == 1.0 and prior_acceptance({"attempts": 0, "kept": 0}) == 1.0
+    previous = {"attempts": 24, "kept": 5, "rejected_by_reason": {"quality": 18, "surplus": 1}}
+    assert prior_acceptance(previous) == 0.25  # surplus rows passed every check
+
+    class CountingRounds(ScriptedGenerator):
+        rounds: list[int] = []
+
+        def generate_journaled(self, keys, *args, **kwargs):
+            self.rounds.append(len(keys))
+            return super().generate_journaled(keys, *args, **kwargs)
+
+    # one reply in four is usable, on both sides (the rounds alternate hard, easy)
+    generator = CountingRounds(lambda prompt, n: DISTINCT[n // 8 * 2 + n % 8] if n % 8 < 2 else "ok")
+    plan = _plan(n_new=6, max_attempts=60, generator_name="scripted", prior_acceptance=prior_acceptance(previous))
+    out = generate_instructions(pack, generator, Parents(HARD, EASY, HARD + EASY), plan)
+    assert generator.rounds == [24] and len(out.kept) == 6 and out.stats["reached_target"]
+
+
 def test_generation_stops_at_the_attempt_budget(pack):
     generator = ScriptedGenerator(lambda prompt, n: "Explain what a fever is.")  # always a duplicate
     out = generate_instructions(

@@ -103,10 +103,11 @@ def test_bf16_autocast_tracks_fp32(tmp_path, one_thread):
 
 
 @pytest.mark.parametrize("native_cpu", [True, False])
-def test_cpu_generation_uses_a_bf16_copy_of_the_weights_and_scores_in_float32(tmp_path, monkeypatch, native_cpu):
+def test_cpu_generation_uses_a_bf16_copy_of_the_weights_and_scores_answers_with_it(tmp_path, monkeypatch, native_cpu):
     """generation.bf16 auto on a CPU with native bf16: the answers come from a bf16 copy of the weights (the
-    same greedy text as generating from the model cast to bf16 by hand), the float32 model is left as it was and
-    keeps scoring, and the response-cache key says which precision answered. Without native bf16: float32."""
+    same greedy text as generating from the model cast to bf16 by hand), and so do the answers' log-likelihoods
+    (close to float32's); the float32 model is left as it was for the fidelity figures, and the response-cache
+    key says which precision answered. Without native bf16: float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sdk.config import GenerationSettings
@@ -133,8 +134,12 @@ def test_cpu_generation_uses_a_bf16_copy_of_the_weights_and_scores_in_float32(tm
     by_hand = LocalChatModel(reference, tok, "by hand", settings.model_copy(update={"bf16": "off"}))
     assert answers == by_hand.generate(convs)
 
-    # scoring runs the float32 model: the same figures as a float32 copy that never generated in bf16
-    scoring = LocalChatModel(AutoModelForCausalLM.from_pretrained(folder), tok, "fp32", settings)
-    assert chat.loglik(convs, ["A raised body temperature."] * 2) == scoring.loglik(
-        convs, ["A raised body temperature."] * 2
+    # answers are scored by the model that generates: the figures of the model cast by hand, near float32's
+    texts = ["A raised body temperature.", "Low blood pressure"]
+    scored = chat.loglik(convs, texts)
+    assert scored == by_hand.loglik(convs, texts)
+    fp32 = LocalChatModel(
+        AutoModelForCausalLM.from_pretrained(folder), tok, "fp32", settings.model_copy(update={"bf16": "off"})
     )
+    assert scored == pytest.approx(fp32.loglik(convs, texts), abs=0.05)
+    assert (scored != fp32.loglik(convs, texts)) is native_cpu

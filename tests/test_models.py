@@ -83,7 +83,8 @@ def test_loglik_in_length_sorted_batches_equals_one_answer_at_a_time(teacher):
     order, and equal the mean log-softmax of the answer tokens computed by hand."""
     convs = conversations(QUESTIONS * 2)
     answers = ["High blood pressure.", "x", "Sepsis is a life-threatening response to infection.", "Thirst", "", "ok"]
-    model = LocalChatModel(teacher.model, teacher.tokenizer, "fresh", teacher.settings)  # an empty memo
+    fp32 = teacher.settings.model_copy(update={"bf16": "off"})  # scores like the float32 hand computation
+    model = LocalChatModel(teacher.model, teacher.tokenizer, "fresh", fp32)  # an empty memo
     batched = model.loglik(convs, answers, batch_size=4)
     assert batched[4] is None  # an empty answer has no score
     tok = teacher.tokenizer

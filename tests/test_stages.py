@@ -130,3 +130,26 @@ def test_a_stage_samples_the_same_whatever_ran_before_it(tmp_path):
         pipeline._stage(probe("second"))
     assert drawn["first"][0] == drawn["first"][1] and drawn["second"][0] == drawn["second"][1]
     assert drawn["first"][0] != drawn["second"][0]  # and stages do not repeat each other's draws
+
+
+def test_the_last_student_loaded_is_kept_until_its_folder_changes_or_training_starts(tmp_path):
+    """An iteration's eval and discriminate read one student folder: the second load reuses the first, under
+    its own name; a folder written again, or another folder, loads afresh; release_student drops it."""
+    import shutil
+
+    from tests.train_helpers import tiny_model_dir
+
+    recipe = load_recipe("smoke", overrides={"domain": "tiny", "pack_paths": [str(TINY_PACKS)]})
+    ctx = Pipeline(recipe, RunStore(tmp_path / "run")).ctx
+    folder = tiny_model_dir(tmp_path / "student")
+    first = ctx.load_student(folder, "after iteration 0")
+    again = ctx.load_student(folder, "iteration 0")
+    assert again is first and again.name == "student (iteration 0)"
+    other = ctx.load_student(tiny_model_dir(tmp_path / "other", seed=3), "other")
+    assert other is not first
+    shutil.rmtree(folder)
+    tiny_model_dir(folder, seed=1)  # trained again: a new folder at the same path
+    fresh = ctx.load_student(folder, "after iteration 0")
+    assert fresh is not first and fresh is not other
+    ctx.release_student()
+    assert ctx.load_student(folder, "after iteration 0") is not fresh

@@ -71,6 +71,7 @@ class GenerationPlan:
     feedback: str = "referee"  # recorded in the stats; parent_pools builds the parents it stands for
     generator_name: str = "generator"  # recorded in provenance
     embedder: Optional[Callable] = field(default=None, compare=False, repr=False)  # for the cosine and domain checks
+    prior_acceptance: float = 1.0  # the share kept assumed before any reply: the previous iteration's, when known
 
 
 @dataclass(frozen=True)
@@ -116,12 +117,22 @@ def parent_pools(
     return list(hard), list(easy)
 
 
-def acceptance_rate(kept: int, attempts: int) -> float:
-    """The share of replies kept so far, as the next round's sizing assumes it: 1 before any reply, and never
-    below one in eight, so a run of rejections does not spend the whole budget in one round."""
-    if attempts == 0:
+def acceptance_rate(kept: int, attempts: int, prior: float = 1.0) -> float:
+    """The share of replies kept so far, as the next round's sizing assumes it: `prior` before any reply (the
+    previous iteration's share, or 1), and never below one in eight, so a run of rejections does not spend the
+    whole budget in one round."""
+    return max(kept / attempts if attempts else prior, 1 / 8)
+
+
+def prior_acceptance(previous_stats: Optional[dict]) -> float:
+    """The share of replies the previous iteration kept (its generation.json), counting surplus rows as kept (they
+    passed every check); 1 when there is none, so the first round asks for exactly the target."""
+    if not previous_stats or not previous_stats.get("attempts"):
         return 1.0
-    return max(kept / attempts, 1 / 8)
+    passed = previous_stats["kept"] + sum(
+        n for reason, n in previous_stats.get("rejected_by_reason", {}).items() if reason in ("surplus", "balance")
+    )
+    return min(1.0, passed / previous_stats["attempts"])
 
 
 def balanced_counts(kept_hard: int, kept_easy: int, hard_share: float) -> tuple[int, int]:
@@ -165,7 +176,7 @@ def generate_instructions(
             break
         # Ask for what is lacking divided by the share kept so far, so a generator whose replies are mostly
         # rejected fills its target in one or two large batches rather than in many small ones.
-        rate = acceptance_rate(sum(len(v) for v in kept.values()), attempts)
+        rate = acceptance_rate(sum(len(v) for v in kept.values()), attempts, plan.prior_acceptance)
         lacking = {side: math.ceil(n / rate) if n > 0 else 0 for side, n in lacking.items()}
         # Interleave the sides so a budget that runs out mid-round still leaves them balanced.
         round_sides = []

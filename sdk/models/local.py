@@ -27,7 +27,7 @@ def sampling_kwargs(temperature: float, top_p: float, repetition_penalty: float,
 
 def uses_bf16(device, setting: str) -> bool:
     """Whether generation runs in bf16: `on` anywhere, `off` nowhere; `auto` on a CUDA GPU with bf16, or on a CPU
-    with native bf16 (AVX512-BF16 or AMX). Scoring (log-likelihoods, KL) always stays in float32."""
+    with native bf16 (AVX512-BF16 or AMX). The fidelity figures (KL, top-1, perplexity) always stay in float32."""
     import torch
 
     from sdk.train import common
@@ -97,7 +97,7 @@ class LocalChatModel(ChatBackend):
         """The model that generates. On a CPU with bf16 generation, a bf16 copy of the weights, made once: on this
         project's 2-core AVX512-BF16 CPU it decoded batches of 32 at 1.99x the tokens per second of float32, and
         autocast over the float32 weights at 1.47x, because it casts every weight on every token (at batch 8 it
-        was slower than float32; bench/generation.py). The float32 model keeps scoring."""
+        was slower than float32; bench/generation.py). The float32 model keeps the fidelity figures."""
         if self.device.type != "cpu" or not uses_bf16(self.device, settings.bf16):
             return self.model
         if self._bf16_copy is None:
@@ -152,19 +152,25 @@ class LocalChatModel(ChatBackend):
         score = (1/|a|) * sum_t log p(a_t | prompt, a_<t), over the answer tokens only.
         An empty answer has no score (None).
 
+        Scored by the model that generates (generation_model): on a CPU with bf16 generation, the bf16 copy. These
+        scores rank answers (the likelihood referee's gap, the relative score), where bf16 moved them by 0.007
+        nats/token on average (0.03 at most) against float32, on the smoke run's answers; the headline fidelity
+        figures (KL, top-1 agreement, perplexity: sdk/evaluate/fidelity.py) read the float32 weights.
+
         Scores are remembered for the life of this object (the weights of a model that scores do not change):
         the loop's referee scores the teacher's answers to the whole cache pool every iteration, and each
         evaluation scores the teacher's held-out answers again.
         """
+        model = self.generation_model(self.settings)
         prompts = [self.render(m) for m in conversations]
-        keys = [hashlib.sha256(f"{p}\0{a}".encode()).hexdigest() for p, a in zip(prompts, answers)]
+        keys = [hashlib.sha256(f"{p}\0{a}\0{model.dtype}".encode()).hexdigest() for p, a in zip(prompts, answers)]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in self._scored}.values())
         if todo:
-            scored = self._loglik([prompts[i] for i in todo], [answers[i] for i in todo], batch_size)
+            scored = self._loglik(model, [prompts[i] for i in todo], [answers[i] for i in todo], batch_size)
             self._scored.update({keys[i]: score for i, score in zip(todo, scored)})
         return [self._scored[k] for k in keys]
 
-    def _loglik(self, prompts: Sequence[str], answers: Sequence[str], batch_size: int) -> list[float | None]:
+    def _loglik(self, model, prompts: Sequence[str], answers: Sequence[str], batch_size: int) -> list[float | None]:
         """loglik's computation for rendered prompts, in batches."""
         import torch
 
@@ -186,7 +192,7 @@ class LocalChatModel(ChatBackend):
             attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
             mask = torch.tensor([m + [0] * (width - len(m)) for m in answer_mask], device=self.device)
             start = max(1, min(len(encoded[i][0]) for i in rows))  # the first answer token of the batch
-            logits = answer_logits(self.model, input_ids, attention, start).float()  # (B, T - start, V)
+            logits = answer_logits(model, input_ids, attention, start).float()  # (B, T - start, V)
             # log p(a_t) = logit of the next token - logsumexp over the vocabulary, without materialising a second
             # (B, T, V) tensor of log-probabilities
             target = input_ids[:, start:]

@@ -25,6 +25,7 @@ class RunContext:
             store.manifest.get("timings", {})
         )  # seconds per stage, kept across resumes
         self._models: dict[str, object] = {}
+        self._student: Optional[tuple[tuple, LocalChatModel]] = None  # the last student loaded, with its folder's key
         self._budgets: dict[str, object] = {}
         self.check_roles()
 
@@ -70,6 +71,7 @@ class RunContext:
         import torch
 
         self._models.clear()
+        self._student = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -127,13 +129,29 @@ class RunContext:
         )
 
     def load_student(self, path: Optional[Path], tag: str) -> LocalChatModel:
+        """The student in `path` (None: from its spec) as a chat model. The last one loaded is kept: an iteration's
+        eval and discriminate (and the last one's forgetting check) read the same folder; its key includes the
+        folder's inode and mtime, so a folder trained again is loaded again."""
         settings = self.recipe.models.student.generation.model_copy(
             update={"max_new_tokens": self.recipe.eval.max_new_tokens, "batch_size": self.recipe.eval.batch_size}
         )
+        key = (str(path.resolve()), path.stat().st_ino, path.stat().st_mtime_ns) if path is not None else None
+        if self._student is not None and key is not None and self._student[0] == key:
+            student = self._student[1]
+            student.name, student.settings = f"student ({tag})", settings
+            return student
+        self._student = None  # freed before the next one loads
         model, tok = (
             load_student_model(path) if path is not None else load_local(self.recipe.models.student, self.recipe.models)
         )
-        return LocalChatModel(model, tok, f"student ({tag})", settings)
+        student = LocalChatModel(model, tok, f"student ({tag})", settings)
+        if key is not None:
+            self._student = (key, student)
+        return student
+
+    def release_student(self) -> None:
+        """Drop the kept student (before training, which loads its own copy)."""
+        self._student = None
 
     def teacher_answers(self, k: int) -> dict[str, dict]:
         """Every usable teacher answer from iterations 0..k, by instruction id."""

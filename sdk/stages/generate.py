@@ -26,6 +26,7 @@ def run(ctx, k: int):
         generate_instructions,
         generation_stats,
         parent_pools,
+        prior_acceptance,
         side_targets,
     )
 
@@ -45,6 +46,12 @@ def run(ctx, k: int):
         feedback=adv.feedback,
         generator_name=ctx.name("generator"),
         embedder=ctx.embedder(),
+        # the first round is sized by the share of replies the previous iteration kept
+        prior_acceptance=prior_acceptance(
+            ctx.store.read_json(ctx.layout.iteration(k - 1).generation)
+            if k > 0 and ctx.layout.iteration(k - 1).generation.is_file()
+            else None
+        ),
     )
     cache_pool = ctx.store.read_jsonl(it.cache_pool)
     # the parents of the generate_hard and generate_easy prompts: the referee's split, or (feedback none) the whole cache pool
@@ -76,7 +83,7 @@ STAGE = Stage(
     "generate",
     run,
     per_iteration=True,
-    reads=("iteration.cache_pool", "iteration.hard", "iteration.easy"),
+    reads=("iteration.cache_pool", "iteration.hard", "iteration.easy", "previous.generation"),
     writes=("iteration.generated", "iteration.generation_rejected", "iteration.generation"),
     recipe=("seed", "domain", "models.generator", "adversarial", "curation", "knowledge.embedder"),
 )

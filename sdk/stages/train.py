@@ -59,6 +59,7 @@ def run(ctx, k: int):
     init = ctx.student_dir(k - 1)
     if "dpo" in ctx.recipe.train.stages:
         write_dpo_pairs(ctx, k, rows, init)
+    ctx.release_student()  # training loads its own copy
     if ctx.recipe.train.launcher.kind != "local":
         ctx.release_models()  # the launched processes load what they need; this one keeps no weights meanwhile
     request = TrainRequest(
