@@ -31,7 +31,8 @@ ANSWERS = [
 def teacher():
     from sdk.models import load_chat_model
 
-    return load_chat_model(ModelSpec(provider="embedded", generation=GenerationSettings(max_new_tokens=16)))
+    # float32 generation, so float32 scoring: the fake server below scores with the float32 weights
+    return load_chat_model(ModelSpec(provider="embedded", generation=GenerationSettings(max_new_tokens=16, bf16="off")))
 
 
 def endpoint(server, **spec) -> OpenAIChatModel:
