@@ -249,6 +249,11 @@ class ScriptedGenerator(ChatBackend):
         self.reply = reply
         self.settings = GenerationSettings(batch_size=4)
         self.asked, self.replies = [], []
+        self.rounds: list[int] = []  # conversations per generate_journaled call
+
+    def generate_journaled(self, keys, *args, **kwargs):
+        self.rounds.append(len(keys))
+        return super().generate_journaled(keys, *args, **kwargs)
 
     def _generate_chunk(self, conversations, settings):
         out = []
@@ -368,14 +373,7 @@ def test_generation_sizes_later_rounds_by_the_share_kept_so_far(pack):
     """Three replies in four are too short: the second round asks for what is lacking divided by that share, so
     the target is met in two rounds, and what a round keeps beyond a side's target is rejected as surplus."""
 
-    class CountingRounds(ScriptedGenerator):
-        rounds: list[int] = []
-
-        def generate_journaled(self, keys, *args, **kwargs):
-            self.rounds.append(len(keys))
-            return super().generate_journaled(keys, *args, **kwargs)
-
-    generator = CountingRounds(lambda prompt, n: DISTINCT[n // 4] if n % 4 == 0 else "ok")
+    generator = ScriptedGenerator(lambda prompt, n: DISTINCT[n // 4] if n % 4 == 0 else "ok")
     out = generate_instructions(
         pack, generator, Parents(HARD, EASY, HARD + EASY), _plan(n_new=6, max_attempts=60, generator_name="scripted")
     )
@@ -396,15 +394,8 @@ def test_the_first_round_is_sized_by_the_previous_iterations_share_kept(pack):
     previous = {"attempts": 24, "kept": 5, "rejected_by_reason": {"quality": 18, "surplus": 1}}
     assert prior_acceptance(previous) == 0.25  # surplus rows passed every check
 
-    class CountingRounds(ScriptedGenerator):
-        rounds: list[int] = []
-
-        def generate_journaled(self, keys, *args, **kwargs):
-            self.rounds.append(len(keys))
-            return super().generate_journaled(keys, *args, **kwargs)
-
     # one reply in four is usable, on both sides (the rounds alternate hard, easy)
-    generator = CountingRounds(lambda prompt, n: DISTINCT[n // 8 * 2 + n % 8] if n % 8 < 2 else "ok")
+    generator = ScriptedGenerator(lambda prompt, n: DISTINCT[n // 8 * 2 + n % 8] if n % 8 < 2 else "ok")
     plan = _plan(n_new=6, max_attempts=60, generator_name="scripted", prior_acceptance=prior_acceptance(previous))
     out = generate_instructions(pack, generator, Parents(HARD, EASY, HARD + EASY), plan)
     assert generator.rounds == [24] and len(out.kept) == 6 and out.stats["reached_target"]

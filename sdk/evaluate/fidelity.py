@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from sdk.models.local import answer_logits
+from sdk.models.local import answer_batch, answer_logits
 
 
 def token_divergence(teacher_logits, student_logits, targets, mask) -> dict:
@@ -64,22 +64,14 @@ FIDELITY_MAX_TOKENS = 1024  # prompt + answer tokens scored per item
 
 
 def _encode(tokenizer, prompts: Sequence[str], answers: Sequence[str], device, max_length: int):
-    """Right-padded ids with a mask over the answer tokens (the prompt is context only)."""
-    import torch
-
-    ids, answer_mask = [], []
+    """answer_batch of the tokenized rows, the first max_length tokens of each (the prompt is context only)."""
+    rows = []
     for prompt, answer in zip(prompts, answers):
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-        a = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        seq, mask = (p + a)[:max_length], ([0] * len(p) + [1] * len(a))[:max_length]
-        ids.append(seq)
-        answer_mask.append(mask)
-    width = max(len(x) for x in ids)
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"][:max_length] if prompt else []
+        a = tokenizer(answer, add_special_tokens=False)["input_ids"][: max_length - len(p)]
+        rows.append((p, a))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
-    attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
-    mask = torch.tensor([m + [0] * (width - len(m)) for m in answer_mask], device=device)
-    return input_ids, attention, mask
+    return answer_batch(rows, pad, device)
 
 
 def _logits(model, input_ids, attention):
@@ -104,11 +96,10 @@ def fidelity(teacher, student, tokenizer, prompts: Sequence[str], answers: Seque
     items: list[dict] = [{} for _ in answers]
     device = next(student.parameters()).device
     for chunk in _batches(keep, batch_size):
-        input_ids, attention, mask = _encode(
+        # only the positions that predict answer tokens: from the batch's first answer token (start) on
+        input_ids, attention, mask, start = _encode(
             tokenizer, [prompts[i] for i in chunk], [answers[i] for i in chunk], device, FIDELITY_MAX_TOKENS
         )
-        # only the positions that predict answer tokens: from the batch's first answer token on
-        start = max(1, int(mask.any(0).nonzero()[0])) if mask.any() else 1
         teacher_device = next(teacher.parameters()).device
         t_logits = _vocab(
             answer_logits(teacher, input_ids.to(teacher_device), attention.to(teacher_device), start).to(device), width
@@ -202,7 +193,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 4, max_
     nll, count = 0.0, 0
     device = next(model.parameters()).device
     for chunk in _batches([t for t in texts if t and t.strip()], batch_size):
-        input_ids, attention, mask = _encode(tokenizer, [""] * len(chunk), chunk, device, max_length)
+        input_ids, attention, mask, _ = _encode(tokenizer, [""] * len(chunk), chunk, device, max_length)
         logp = torch.log_softmax(_vocab(_logits(model, input_ids, attention), len(tokenizer))[:, :-1].float(), dim=-1)
         m = mask[:, 1:].float()
         nll += float((-logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1) * m).sum())  # -log p(x_t+1 | x_<=t)

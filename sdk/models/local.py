@@ -51,13 +51,27 @@ def generation_precision(device, setting: str):
     return contextlib.nullcontext()
 
 
-def answer_logits(model, input_ids, attention, start: int):
-    """Logits at positions start-1 .. T-2, the ones that predict tokens start .. T-1 (the answers; `start` is the
-    batch's shortest prompt). The LM head and the softmax skip the prompt positions before them, which no score
-    reads: a third to a half of a scoring pass over a chat prompt and a short answer."""
+def answer_batch(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, device):
+    """(prompt ids, answer ids) rows, right-padded: input_ids, attention mask, a mask over the answer tokens (the
+    prompt is context only), and `start`, the first column holding an answer token (at least 1), from which
+    answer_logits reads."""
     import torch
 
-    start = max(1, start)
+    ids = [p + a for p, a in rows]
+    width = max(len(x) for x in ids)
+    input_ids = torch.tensor([x + [pad_id] * (width - len(x)) for x in ids], device=device)
+    attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+    mask = torch.tensor([[0] * len(p) + [1] * len(a) + [0] * (width - len(p) - len(a)) for p, a in rows], device=device)
+    start = max(1, int(mask.any(0).nonzero()[0])) if mask.any() else 1
+    return input_ids, attention, mask, start
+
+
+def answer_logits(model, input_ids, attention, start: int):
+    """Logits at positions start-1 .. T-2, the ones that predict tokens start .. T-1 (the answers; `start` >= 1 is
+    answer_batch's first answer column). The LM head and the softmax skip the prompt positions before them, which
+    no score reads: a third to a half of a scoring pass over a chat prompt and a short answer."""
+    import torch
+
     with torch.inference_mode():
         logits = model(
             input_ids=input_ids, attention_mask=attention, logits_to_keep=input_ids.shape[1] - start + 1
@@ -182,16 +196,9 @@ class LocalChatModel(ChatBackend):
         # batches of similar length pad less; the scores go back in the callers' order
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]), reverse=True)
         scores: list[float | None] = [None] * len(encoded)
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            ids = [encoded[i][0] + encoded[i][1] for i in rows]
-            answer_mask = [[0] * len(encoded[i][0]) + [1] * len(encoded[i][1]) for i in rows]
-            width = max(len(x) for x in ids)
-            pad = tok.pad_token_id
-            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
-            attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
-            mask = torch.tensor([m + [0] * (width - len(m)) for m in answer_mask], device=self.device)
-            start = max(1, min(len(encoded[i][0]) for i in rows))  # the first answer token of the batch
+        for first in range(0, len(order), batch_size):
+            rows = order[first : first + batch_size]
+            input_ids, attention, mask, start = answer_batch([encoded[i] for i in rows], tok.pad_token_id, self.device)
             logits = answer_logits(model, input_ids, attention, start).float()  # (B, T - start, V)
             # log p(a_t) = logit of the next token - logsumexp over the vocabulary, without materialising a second
             # (B, T, V) tensor of log-probabilities

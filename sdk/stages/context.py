@@ -135,7 +135,8 @@ class RunContext:
         settings = self.recipe.models.student.generation.model_copy(
             update={"max_new_tokens": self.recipe.eval.max_new_tokens, "batch_size": self.recipe.eval.batch_size}
         )
-        key = (str(path.resolve()), path.stat().st_ino, path.stat().st_mtime_ns) if path is not None else None
+        stat = path.stat() if path is not None else None
+        key = (str(path.resolve()), stat.st_ino, stat.st_mtime_ns) if path is not None else None
         if self._student is not None and key is not None and self._student[0] == key:
             student = self._student[1]
             student.name, student.settings = f"student ({tag})", settings
