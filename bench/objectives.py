@@ -51,7 +51,9 @@ any recipe trains it, measured once in this run: the baseline every row is compa
     relative     sum of likelihood-referee scores of the student / the same for the teacher's answers, in %
     step_vs_sft  training time per optimizer step relative to the sft recipe, measured in the same run
 Then, per recipe, the answer to the first held-out prompt (first seed), and a verdict: "collapsed" when any
-seed gave an empty answer or the min distinct-trigram ratio is below 0.8, else "ok".
+seed gave an empty answer or a distinct-trigram ratio below 0.8 (the seed's mean over its answers, as a run's
+summary table prints it), else "ok". The verdict also names the worst single answer; the line above it gives the
+teacher's own worst answer on the same prompts, and the untrained row gives the start's.
 
 Everything in the table is measured in this one process; nothing is carried over from another run except
 the cached teacher answers, the untrained student's answers for DPO pairs, and the healed student itself.
@@ -385,7 +387,7 @@ def main(argv=None) -> None:
                 indent=2,
             )
         )
-    print_table(results, args, record, instructions[0], teacher_list[0])
+    print_table(results, args, record, instructions[0], teacher_list)
 
 
 def learning_rates(recipe) -> dict[str, float]:
@@ -410,21 +412,28 @@ def fmt(values: list, digits: int) -> str:
 
 
 def verdict(rows: list[dict]) -> str:
-    """collapsed: an empty answer on any seed, or some answer's distinct-trigram ratio below COLLAPSE_DISTINCT."""
+    """collapsed: an empty answer on any seed, or a seed whose distinct-trigram ratio (the mean over its answers,
+    the figure a run's summary table prints) is below COLLAPSE_DISTINCT. The worst single answer is reported
+    beside it, to be read against the untrained start's and the teacher's worst answer."""
     empty = [r["seed"] for r in rows if r["empty"]]
-    mins = [r["min_distinct"] for r in rows if r["min_distinct"] is not None]
-    low = min(mins) if mins else None
+    low_seeds = [r["seed"] for r in rows if r["distinct"] is None or r["distinct"] < COLLAPSE_DISTINCT]
+    worst_seed = min((r["distinct"] for r in rows if r["distinct"] is not None), default=None)
+    worst_answer = min((r["min_distinct"] for r in rows if r["min_distinct"] is not None), default=None)
     reasons = []
     if empty:
         reasons.append(f"empty answers on seeds {empty}")
-    if low is not None and low < COLLAPSE_DISTINCT:
-        reasons.append(f"min distinct-trigram ratio {low:.2f} < {COLLAPSE_DISTINCT}")
+    if low_seeds:
+        reasons.append(f"distinct-trigram ratio < {COLLAPSE_DISTINCT} on seeds {low_seeds}")
     if reasons:
         return f"collapsed ({'; '.join(reasons)})"
-    return f"ok (no empty answer, min distinct-trigram ratio {low:.2f})" if low is not None else "ok (no answers)"
+    return f"ok (no empty answer; lowest seed ratio {worst_seed:.2f}; worst single answer {worst_answer:.2f})"
 
 
-def print_table(results: dict[str, list[dict]], args, record: dict, first_prompt: str, first_teacher: str) -> None:
+def print_table(results: dict[str, list[dict]], args, record: dict, first_prompt: str, teacher_list: list[str]) -> None:
+    from sdk.evaluate.degeneration import degeneration_summary
+
+    first_teacher = teacher_list[0]
+    teacher_worst = degeneration_summary(teacher_list)["min_distinct_trigram_ratio"]
     sft_step = statistics.fmean(r["time_per_step"] for r in results["sft"]) if "sft" in results else None
     print(
         f"\n{args.steps} optimizer steps per recipe, seeds {args.seeds}, {args.train_size} training and {args.max_eval} held-out medicine prompts; "
@@ -450,7 +459,10 @@ def print_table(results: dict[str, list[dict]], args, record: dict, first_prompt
     for name, rows in results.items():
         first = next((r for r in rows if r["seed"] == args.seeds[0]), rows[0])
         print(f"  {name:<11} {first['answers'][0][:200]!r}")
-    print("\nverdict (collapsed = an empty answer on any seed, or min distinct-trigram ratio < 0.8)")
+    print(
+        f"\nverdict (collapsed = an empty answer, or a seed's distinct-trigram ratio < {COLLAPSE_DISTINCT}); for the worst "
+        f"single answer, the teacher's own worst on these prompts is {teacher_worst:.2f}"
+    )
     for name, rows in results.items():
         print(f"  {name:<11} {verdict(rows)}")
 

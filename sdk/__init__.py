@@ -1,6 +1,13 @@
 """Distillery: distill a small domain assistant from a strong teacher LLM."""
 
-from sdk.errors import ConfigError, DistilleryError, ModelError, PackError
+import os
+
+# The Hugging Face libraries report usage to the Hub (TRL on every trainer it builds). A run on a
+# hospital's or a bank's machine sends nothing it was not asked to: off unless the user sets it. Set
+# here, before anything imports huggingface_hub, which reads it once; training workers import sdk too.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from sdk.errors import ConfigError, DistilleryError, ModelError, PackError  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,6 @@
 """The bundled domains/, corpora/ and configs/ are found from a built wheel, not only from the checkout."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,13 @@ def test_built_wheel_carries_packs_corpora_and_recipes(tmp_path):
     )
     count, deepspeed = lines[4].split(" ", 1)
     assert int(count) >= 200 and "zero3.json" in deepspeed
+
+
+def test_importing_sdk_turns_hub_telemetry_off_unless_the_user_chose():
+    code = "import sdk, huggingface_hub.constants as c; print(c.HF_HUB_DISABLE_TELEMETRY)"
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY")}
+    run = lambda extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert run({}) == "True"
+    assert run({"HF_HUB_DISABLE_TELEMETRY": "0"}) == "False"

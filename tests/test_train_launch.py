@@ -10,7 +10,7 @@ from sdk.train import common, runner
 from sdk.train.common import TrainRequest
 from sdk.train.launch import launch_command
 from sdk.train.runner import train_student
-from tests.train_helpers import SYSTEM, tiny_model_dir, tiny_recipe, write_iteration
+from tests.train_helpers import SYSTEM, tiny_model_dir, tiny_pruning_setup, tiny_recipe, write_iteration
 
 
 def test_two_process_zero3_stage_on_cpu(tmp_path, monkeypatch):
@@ -85,7 +85,7 @@ def test_heal_runs_as_a_launched_two_process_zero3_job(tmp_path, monkeypatch):
     """The `student` stage heals under train.launcher like the training stages: the parent prunes, the job heals."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sdk.config import GenerationSettings, HealSettings, ModelSpec, ModelsSettings, TrainSettings
+    from sdk.config import GenerationSettings, HealSettings, TrainSettings
     from sdk.models.local import LocalChatModel
     from sdk.stages import student as student_stage
     from sdk.train import heal as heal_module
@@ -98,22 +98,7 @@ def test_heal_runs_as_a_launched_two_process_zero3_job(tmp_path, monkeypatch):
         "tiny teacher",
         GenerationSettings(max_new_tokens=4),
     )
-    hf = ModelSpec(provider="hf", name_or_path=str(path))
-    models = ModelsSettings(
-        teacher=hf,
-        referee=hf,
-        generator=hf,
-        student=ModelSpec(provider="pruned", base="teacher", num_layers=4, calibration_chunks=4, calibration_tokens=32),
-    )
-    texts = [
-        "Hypertension is persistently raised blood pressure.",
-        "Sepsis is organ dysfunction caused by infection.",
-        "Asthma narrows the airways.",
-        "Insulin lowers blood glucose.",
-    ]
-    inputs = student_stage.StudentInputs(
-        texts, texts[:1], [teacher.render([{"role": "user", "content": "What is sepsis?"}])], ["An infection response."]
-    )
+    models, inputs = tiny_pruning_setup(path, teacher)
     train = TrainSettings(launcher={"kind": "accelerate", "config": "zero3.yaml", "num_processes": 2})
 
     def not_here(*args, **kwargs):

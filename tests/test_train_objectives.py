@@ -179,6 +179,11 @@ def test_generalized_jsd_endpoints_are_the_two_kls_and_temperature_reaches_the_l
     hot = ours(SimpleNamespace(temperature=2.0), s, t, labels=labels, beta=1.0).item()
     assert hot == pytest.approx(loss(s, t, labels=labels, beta=1.0, temperature=2.0).item(), rel=1e-6)
     assert hot != pytest.approx(loss(s, t, labels=labels, beta=1.0).item(), rel=1e-3)
+    # bf16 logits (DeepSpeed's mixed precision) are scored in float32, not in bf16
+    s16, t16 = s.bfloat16(), t.bfloat16()
+    in_bf16 = ours(SimpleNamespace(temperature=1.0), s16, t16, labels=labels, beta=0.0)
+    assert in_bf16.dtype == torch.float32
+    assert in_bf16.item() == pytest.approx(loss(s16.float(), t16.float(), labels=labels, beta=0.0).item(), rel=1e-6)
 
 
 def test_finished_stage_is_not_rerun_and_a_killed_stage_resumes(tiny, tmp_path):
@@ -323,3 +328,25 @@ def test_plain_dpo_starts_at_ln2_and_rpo_adds_the_chosen_nll(tiny, tmp_path):
         ]["dpo"]["first_logged_loss"]
     assert losses[0.0] == pytest.approx(math.log(2), abs=1e-3)  # policy == reference at step 1
     assert losses[1.0] - losses[0.0] > 8  # + the NLL of the chosen answers under a random tiny model
+
+
+def test_master_weights_save_as_float32_although_the_module_is_bf16(tiny, tmp_path):
+    """Under DeepSpeed's bf16 the module holds bf16 weights and the optimizer the float32 ones: the stage's
+    output is the float32 copy, and it loads back (dtype "auto") in float32, bit for bit."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from sdk.train.common import deepspeed_master_weights, save_master_weights
+
+    student, _ = tiny
+    model = AutoModelForCausalLM.from_pretrained(student)
+    master = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model.to(torch.bfloat16)  # what DeepSpeed's mixed precision does to the module
+    save_master_weights(model, master, tmp_path / "out")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert loaded.dtype == torch.float32
+    for name, p in loaded.named_parameters():
+        assert torch.equal(p, master[name]), name
+    # not under DeepSpeed: the trainer's own save is used
+    assert deepspeed_master_weights(SimpleNamespace(is_deepspeed_enabled=False)) is None

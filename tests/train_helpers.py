@@ -78,3 +78,23 @@ def write_iteration(iter_dir: Path, pairs: list[dict] | None = None, failed: int
     if pairs is not None:
         (iter_dir / "dpo_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     return iter_dir
+
+
+PRUNING_TEXTS = [
+    "Hypertension is persistently raised blood pressure.",
+    "Sepsis is organ dysfunction caused by infection.",
+    "Asthma narrows the airways.",
+    "Insulin lowers blood glucose.",
+]
+
+
+def tiny_pruning_setup(teacher_path: Path, teacher):
+    """The roles for a 4-layer pruned student of the tiny teacher in teacher_path, and the `student` stage's
+    inputs (calibration and healing text, one held-out chunk, one held-out prompt with the teacher's answer)."""
+    from sdk.stages.student import StudentInputs
+
+    hf = ModelSpec(provider="hf", name_or_path=str(teacher_path))
+    pruned = ModelSpec(provider="pruned", base="teacher", num_layers=4, calibration_chunks=4, calibration_tokens=32)
+    models = ModelsSettings(teacher=hf, referee=hf, generator=hf, student=pruned)
+    prompt = teacher.render([{"role": "user", "content": "What is sepsis?"}])
+    return models, StudentInputs(PRUNING_TEXTS, PRUNING_TEXTS[:1], [prompt], ["An infection response."])

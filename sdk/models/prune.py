@@ -151,11 +151,11 @@ def layer_scores(
         m = mask.bool()
         for l in range(L):
             cos = torch.nn.functional.cosine_similarity(hidden[l], hidden[l + 1], dim=-1)[m]  # (tokens,)
-            bi[l] += (1 - cos).sum()
+            bi[l] += (1 - cos).sum().item()  # the hidden states live on the model's device, bi on the CPU
         if n_drop > 0:
             for l in range(L - n_drop + 1):
                 cos = torch.nn.functional.cosine_similarity(hidden[l], hidden[l + n_drop], dim=-1)[m].clamp(-1, 1)
-                ang[l] += (torch.arccos(cos) / math.pi).sum()
+                ang[l] += (torch.arccos(cos) / math.pi).sum().item()
         tokens += int(m.sum())
     if tokens == 0:
         raise ModelError("pruning needs calibration text: the corpus gave no tokens to score the layers on")

@@ -200,6 +200,7 @@ def build(settings: StudentSettings, inputs: StudentInputs, teacher, teacher_nam
             work = out.parent / f".{key}.work"  # checkpoints: a killed build resumes here
             if train is not None and train.launcher.kind != "local":
                 init = _save_once(model, tokenizer, work / "pruned")  # a resumed build reuses it
+                model.to("cpu")  # the job heals its own copy of init; this one is not used again
                 _heal_launched(
                     Recipe(models=models, heal=heal, train=train, seed=seed), init, teacher.model, out, texts
                 )

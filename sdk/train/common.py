@@ -399,7 +399,11 @@ def save_stage_output(trainer, tokenizer, final_dir: Path) -> None:
     if is_main_process():
         shutil.rmtree(tmp, ignore_errors=True)
     barrier()
-    trainer.save_model(str(tmp))
+    master = deepspeed_master_weights(trainer)
+    if master is None:
+        trainer.save_model(str(tmp))
+    elif is_main_process():
+        save_master_weights(trainer.accelerator.unwrap_model(trainer.model), master, tmp)
     if is_main_process():
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(final_dir, ignore_errors=True)
@@ -407,6 +411,40 @@ def save_stage_output(trainer, tokenizer, final_dir: Path) -> None:
         for stale in final_dir.parent.glob("checkpoint-*"):  # the stage is done; its resume points are not needed
             shutil.rmtree(stale, ignore_errors=True)
     barrier()
+
+
+def deepspeed_master_weights(trainer) -> Optional[dict]:
+    """The float32 master weights of a DeepSpeed job that trained in bf16 or fp16, or None.
+
+    DeepSpeed's mixed precision casts the model itself to 16 bits and keeps the float32 copy in the optimizer,
+    so the trainer's own save writes the 16-bit rounding (about 3 significant digits in bf16). Each stage and
+    iteration starts from the last one's save: rounding at every hand-over would erase updates smaller than
+    that step. Every rank calls this (ZeRO-3 all-reduces each parameter). None when not under DeepSpeed, in
+    full precision, or when a parameter has no master copy (a frozen one, such as a LoRA base): the trainer's
+    save then writes what it always does.
+    """
+    if not getattr(trainer, "is_deepspeed_enabled", False) or not (trainer.args.bf16 or trainer.args.fp16):
+        return None
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    state = {}
+    for name, param in trainer.model.named_parameters():
+        full = safe_get_full_fp32_param(param)
+        if full is None:
+            return None
+        if is_main_process():
+            state[name] = full.detach().float().cpu()
+    return state
+
+
+def save_master_weights(model, state: dict, out_dir: Path) -> None:
+    """save_pretrained with the float32 master weights, recorded as float32 (transformers writes the dtype of the
+    16-bit module into config.json, and from_pretrained's dtype "auto" would load them back in 16 bits)."""
+    model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+    config_file = Path(out_dir) / "config.json"
+    config = json.loads(config_file.read_text())
+    config["dtype"] = "float32"
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def save_student(model, tokenizer, out_dir: Path, base=None, merge: bool = True) -> Path:

@@ -77,9 +77,9 @@ def _trainer_class():
                 teacher = self.teacher_model(input_ids=ids, attention_mask=attention)
             vocab = min(student.logits.shape[-1], teacher.logits.shape[-1])
             labels = inputs["labels"][:, 1:]  # position t predicts token t+1; padding is -100
-            loss = GKDTrainer.generalized_jsd_loss(
-                student.logits[:, :-1, :vocab],
-                teacher.logits[:, :-1, :vocab],
+            loss = GKDTrainer.generalized_jsd_loss(  # in float32: bf16 logits (DeepSpeed) give a KL off by ~0.01
+                student.logits[:, :-1, :vocab].float(),
+                teacher.logits[:, :-1, :vocab].float(),
                 labels=labels,
                 beta=self.beta,
                 temperature=self.temperature,

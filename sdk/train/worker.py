@@ -26,6 +26,18 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def select_rank_gpu() -> None:
+    """Make this rank's GPU the current one before any model loads: the loaders' .to("cuda") means the
+    current device, which is GPU 0 for every rank until something sets it (the teacher and the reward
+    model are placed there and stay)."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+
+
 def main(argv: list[str] | None = None) -> None:
     import yaml
 
@@ -39,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     iter_dir = args.iter_dir
     recipe = validate_recipe(yaml.safe_load((iter_dir / RECIPE_FILE).read_text()), str(iter_dir / RECIPE_FILE))
     quiet_libraries()
+    select_rank_gpu()
     start_cpu_deepspeed(recipe.train)
     if args.task == "heal":
         from sdk.train.heal import run_heal_request
