@@ -30,13 +30,16 @@ QUESTION = "What is a fever?"
 
 def talkative_student(path: Path) -> Path:
     """tiny_model_dir's model with its own random output layer. Tied to the input embeddings, a random model
-    only repeats its last input token (here the newline after `assistant`), which reads as an empty answer."""
+    only repeats its last input token (here the newline after `assistant`), which reads as an empty answer.
+    Its window is 8192 positions, so an answer of 4000 tokens runs for seconds: a Ctrl-C or a closed stream
+    sent after its first words reliably lands while it is still being generated."""
     import torch
     from transformers import AutoModelForCausalLM
 
     tiny_model_dir(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     model.config.tie_word_embeddings = False
+    model.config.max_position_embeddings = 8192
     torch.manual_seed(100)
     model.lm_head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
     torch.nn.init.normal_(model.lm_head.weight, std=1.0)
@@ -168,7 +171,7 @@ def test_bad_requests_get_openai_style_errors(served):
         (dict(ask, messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]), None),
         (dict(ask, frequency_penalty=0.5), "frequency_penalty"),
         (dict(ask, logprobs=True, stream=True), None),
-        (dict(ask, messages=[{"role": "user", "content": "fever " * 600}]), "messages"),  # over the context window
+        (dict(ask, messages=[{"role": "user", "content": "fever " * 9000}]), "messages"),  # over the 8192-token window
     ]
     for body, param in bad:
         reply = httpx.post(f"{url}/chat/completions", json=body, timeout=60)
@@ -207,7 +210,7 @@ def test_a_closed_stream_frees_the_model_for_the_next_request(served):
     start = time.monotonic()
     reply = httpx.post(f"{url}/chat/completions", json=dict(body, stream=False, max_tokens=2), timeout=60)
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 2
-    assert time.monotonic() - start < 5  # not the ~470 tokens the closed stream would have run to
+    assert time.monotonic() - start < 5  # not the 4000 tokens the closed stream would have run to
 
 
 def test_the_projects_llm_referee_scores_through_the_served_student(served):
@@ -296,7 +299,7 @@ def test_chat_streams_answers_and_asks_the_teacher(student_dir, tmp_path):
 
 def test_ctrl_c_stops_an_answer_not_the_chat_and_a_broken_teacher_is_one_line(student_dir, tmp_path):
     broken = ModelSpec(provider="hf", name_or_path=str(tmp_path / "no-such-model"))
-    chat = spawn_chat(make_run_dir(tmp_path / "run", student_dir, broken), max_tokens=4000)  # cut to the window
+    chat = spawn_chat(make_run_dir(tmp_path / "run", student_dir, broken), max_tokens=4000)
     try:
         chat.expect("you> ")
         chat.sendline(QUESTION)

@@ -429,7 +429,7 @@ def deepspeed_master_weights(trainer) -> Optional[dict]:
 
     state = {}
     for name, param in trainer.model.named_parameters():
-        full = safe_get_full_fp32_param(param)
+        full = safe_get_full_fp32_param(param) if param.requires_grad else None  # frozen: no optimizer, no master
         if full is None:
             return None
         if is_main_process():
