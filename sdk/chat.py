@@ -481,7 +481,19 @@ class TerminalChat:
         self.write(f"{answer}\n")
 
 
+def own_ctrl_c() -> None:
+    """Make Ctrl-C raise KeyboardInterrupt here, whatever this process inherited: a parent can leave SIGINT
+    ignored or blocked, both survive exec, and then Ctrl-C would neither stop an answer nor reach the prompt.
+    Called before the model loads, so every thread started later inherits the unblocked mask."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def run_chat(run_dir: str | Path, max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
     """`distill chat RUN_DIR`: a terminal chat with the run's student (see the module docstring)."""
+    own_ctrl_c()
     student = load_run_student(run_dir)
     TerminalChat(student, RunTeacher(student.recipe), student.default_sampling(max_tokens)).run()

@@ -249,11 +249,22 @@ def test_the_projects_llm_referee_scores_through_the_served_student(served):
 # the terminal chat
 
 
-def spawn_chat(run: Path, max_tokens: int) -> pexpect.spawn:
+def spawn_chat(run: Path, max_tokens: int, preexec_fn=None) -> pexpect.spawn:
     command = distill_cmd()[0]
     return pexpect.spawn(
-        command, ["chat", str(run), "--max-tokens", str(max_tokens)], env=dict(os.environ), encoding="utf-8", timeout=60
+        command,
+        ["chat", str(run), "--max-tokens", str(max_tokens)],
+        env=dict(os.environ),
+        encoding="utf-8",
+        timeout=60,
+        preexec_fn=preexec_fn,
     )
+
+
+def deaf_to_ctrl_c() -> None:
+    """In the child before exec: SIGINT ignored and blocked, as a parent can leave it (both survive exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
 def test_chat_streams_answers_and_asks_the_teacher(student_dir, tmp_path):
@@ -299,7 +310,8 @@ def test_chat_streams_answers_and_asks_the_teacher(student_dir, tmp_path):
 
 def test_ctrl_c_stops_an_answer_not_the_chat_and_a_broken_teacher_is_one_line(student_dir, tmp_path):
     broken = ModelSpec(provider="hf", name_or_path=str(tmp_path / "no-such-model"))
-    chat = spawn_chat(make_run_dir(tmp_path / "run", student_dir, broken), max_tokens=4000)
+    # started deaf to Ctrl-C: the chat takes SIGINT back itself
+    chat = spawn_chat(make_run_dir(tmp_path / "run", student_dir, broken), max_tokens=4000, preexec_fn=deaf_to_ctrl_c)
     try:
         chat.expect("you> ")
         chat.sendline(QUESTION)
