@@ -11,6 +11,19 @@ Made for a borrowed GPU machine with no network: torch there, the packages it la
 .whl/assets/: the embedded SmolLM2's tokenizer (tokenizer/) and its config.json (smollm2-135m/), so no part needs
 the embedded model's GGUF or a hub.
 
+Preparing .whl/ on a machine with the project's venv (it is gitignored; about 24 MB):
+    pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+        transformers==5.24.0 trl==1.16.0 datasets==5.2.0 peft==0.21.2 pydantic==2.14.4 pydantic-core==2.50.5 \
+        dill==0.4.1 multiprocess==0.70.19 annotated-types==0.8.0 typing-inspection==0.4.5 \
+        typing-extensions==4.16.0 hjson==3.1.0
+    DS_BUILD_OPS=0 pip wheel --no-deps --no-build-isolation deepspeed==0.19.8 -w .whl   # sdist only on PyPI
+    python -c "from sdk.models.embedded import embedded_model_dir as d; from transformers import AutoTokenizer; \
+        AutoTokenizer.from_pretrained(d()).save_pretrained('.whl/assets/tokenizer')"
+    mkdir -p .whl/assets/smollm2-135m && cp "$(python -c 'from sdk.models.embedded import embedded_model_dir as d; \
+        print(d())')/config.json" .whl/assets/smollm2-135m/
+Pin the versions the project's venv holds; the device's own torch stays.
+
 Parts (each its own process, with a timeout; a failure is reported with its error and the check goes on):
   env          versions and the file each package was imported from, the GPU, DeepSpeed's accelerator
   sft, kd_online, kd_store, dpo, rlaif
