@@ -31,6 +31,7 @@ def run(ctx, k: int):
     )
 
     it, adv, cur = ctx.layout.iteration(k), ctx.recipe.adversarial, ctx.recipe.curation
+    previous = ctx.layout.iteration(k - 1).generation if k > 0 else None
     plan = GenerationPlan(
         n_new=adv.new_per_iteration,
         max_attempts=adv.max_attempts,
@@ -47,11 +48,7 @@ def run(ctx, k: int):
         generator_name=ctx.name("generator"),
         embedder=ctx.embedder(),
         # the first round is sized by the share of replies the previous iteration kept
-        prior_acceptance=prior_acceptance(
-            ctx.store.read_json(ctx.layout.iteration(k - 1).generation)
-            if k > 0 and ctx.layout.iteration(k - 1).generation.is_file()
-            else None
-        ),
+        prior_acceptance=prior_acceptance(ctx.store.read_json(previous) if previous and previous.is_file() else None),
     )
     cache_pool = ctx.store.read_jsonl(it.cache_pool)
     # the parents of the generate_hard and generate_easy prompts: the referee's split, or (feedback none) the whole cache pool

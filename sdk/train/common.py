@@ -425,11 +425,14 @@ def deepspeed_master_weights(trainer) -> Optional[dict]:
     """
     if not getattr(trainer, "is_deepspeed_enabled", False) or not (trainer.args.bf16 or trainer.args.fp16):
         return None
+    params = list(trainer.model.named_parameters())
+    if not all(p.requires_grad for _, p in params):  # a frozen parameter has no optimizer state, so no master copy
+        return None
     from deepspeed.utils import safe_get_full_fp32_param
 
     state = {}
-    for name, param in trainer.model.named_parameters():
-        full = safe_get_full_fp32_param(param) if param.requires_grad else None  # frozen: no optimizer, no master
+    for name, param in params:
+        full = safe_get_full_fp32_param(param)  # gathered from every rank's partition
         if full is None:
             return None
         if is_main_process():
